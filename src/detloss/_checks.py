@@ -1,0 +1,88 @@
+"""Cheap argument checks. None of them reads tensor values, so none forces a device sync."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from detloss.errors import DetLossError
+
+__all__ = [
+    "check_choice",
+    "check_floating",
+    "check_boxes",
+    "check_same_shape",
+    "check_same_device",
+    "check_range",
+    "upcast",
+]
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + (",)" if t.dim() == 1 else ")")
+
+
+def check_choice(where: str, name: str, value: Any, choices: Iterable[str]) -> None:
+    """Raise unless ``value`` is one of ``choices``."""
+    options = tuple(choices)
+    if not isinstance(value, str) or value not in options:
+        raise DetLossError.bad_argument(where, name, "one of " + ", ".join(map(repr, options)), repr(value))
+
+
+def check_floating(where: str, name: str, t: Any) -> None:
+    """Raise unless ``t`` is a floating-point tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise DetLossError.bad_argument(where, name, "a torch.Tensor", type(t).__name__)
+    if not t.is_floating_point():
+        raise DetLossError.bad_argument(where, name, "a floating-point tensor", f"dtype {t.dtype}")
+
+
+def check_boxes(where: str, name: str, t: Any) -> None:
+    """Raise unless ``t`` is a floating tensor of shape ``(..., 4)``."""
+    check_floating(where, name, t)
+    if t.dim() == 0 or t.shape[-1] != 4:
+        raise DetLossError.bad_argument(where, name, "last dimension 4", f"shape {_shape(t)}")
+
+
+def check_same_shape(where: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Raise unless ``a`` and ``b`` have the same shape."""
+    if a.shape != b.shape:
+        raise DetLossError.bad_argument(
+            where, name_b, f"the shape of `{name_a}` {_shape(a)}", f"shape {_shape(b)}"
+        )
+
+
+def check_same_device(where: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Raise unless ``a`` and ``b`` live on the same device."""
+    if a.device != b.device:
+        raise DetLossError.bad_argument(where, name_b, f"device {a.device} (that of `{name_a}`)", b.device)
+
+
+def check_range(
+    where: str,
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise unless ``value`` is a real number within ``[low, high]`` (ends open if asked)."""
+    lo = "(" if low_open else "["
+    hi = ")" if high_open else "]"
+    span = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise DetLossError.bad_argument(where, name, f"a number in {span}", repr(value))
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half and bfloat16 become float32 (the dtype policy); float32 and float64 stay."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

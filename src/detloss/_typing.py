@@ -1,0 +1,18 @@
+"""Type aliases shared by the public signatures."""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import torch
+
+__all__ = ["BoxFormat", "IoUKind", "Reduction", "AvgFactor"]
+
+#: Box layouts: corners, left-top-width-height (seed 004), centre-width-height.
+BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
+#: Overlap measures computed by the one geometry kernel in :mod:`detloss.boxes.iou`.
+IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou"]
+#: How a loss tensor is reduced.
+Reduction = Literal["none", "mean", "sum"]
+#: Normaliser for ``reduction="mean"``: a number or a 0-d tensor (e.g. the number of positives).
+AvgFactor = Union[float, int, torch.Tensor]

@@ -1,0 +1,1 @@
+"""Experiments and pictures over the public API: simulation, curves, landscapes, benchmarks."""

@@ -1,0 +1,102 @@
+"""The only reducer of detloss: ``weight``, ``reduction``, ``avg_factor``, distributed normaliser."""
+
+from __future__ import annotations
+
+import torch
+
+from detloss._checks import check_choice, check_floating
+from detloss._typing import AvgFactor, Reduction
+from detloss.errors import DetLossError
+
+__all__ = ["reduce_loss", "global_avg_factor", "REDUCTIONS"]
+
+REDUCTIONS = ("none", "mean", "sum")
+#: Added to ``avg_factor`` so that a zero normaliser (no positives) gives 0, not NaN.
+AVG_EPS = torch.finfo(torch.float32).eps
+
+
+def reduce_loss(
+    loss: torch.Tensor,
+    reduction: Reduction = "mean",
+    *,
+    weight: torch.Tensor | None = None,
+    avg_factor: AvgFactor | None = None,
+    where: str = "reduce_loss",
+) -> torch.Tensor:
+    r"""Weight and reduce an elementwise loss.
+
+    .. math::
+        \text{none}: w \odot \ell, \qquad \text{sum}: \sum w \ell, \qquad
+        \text{mean}: \frac{\sum w \ell}{n} \;\text{ or }\; \frac{\sum w \ell}{\text{avg\_factor} + \epsilon}
+
+    ``n`` is the number of elements of ``loss`` (at least 1), so an empty loss gives a 0 that
+    still has a gradient (never NaN). ``avg_factor`` (e.g. the number of positive anchors,
+    as in the focal-loss paper) replaces ``n``; ``epsilon`` is float32's machine epsilon so
+    that ``avg_factor=0`` gives 0 for a zero sum. ``weight`` broadcasts against ``loss``.
+
+    Example:
+        >>> loss = torch.tensor([1.0, 2.0, 3.0])
+        >>> reduce_loss(loss, "mean", weight=torch.tensor([1.0, 0.0, 1.0]))
+        tensor(1.3333)
+        >>> reduce_loss(loss, "mean", avg_factor=2)
+        tensor(3.0000)
+        >>> reduce_loss(torch.zeros(0), "mean")
+        tensor(0.)
+    """
+    check_choice(where, "reduction", reduction, REDUCTIONS)
+    if weight is not None:
+        check_floating(where, "weight", weight)
+        try:
+            shape = torch.broadcast_shapes(loss.shape, weight.shape)
+        except RuntimeError:
+            shape = None
+        if shape != loss.shape:
+            raise DetLossError.bad_argument(
+                where, "weight", f"a shape that broadcasts to {tuple(loss.shape)}", f"shape {tuple(weight.shape)}"
+            )
+        loss = loss * weight.to(loss.dtype)
+    if avg_factor is not None:
+        if reduction == "sum":
+            raise DetLossError.bad_argument(where, "avg_factor", 'None with reduction="sum"', avg_factor)
+        if reduction == "none":
+            raise DetLossError.bad_argument(where, "avg_factor", 'None with reduction="none"', avg_factor)
+        if isinstance(avg_factor, (int, float)) and not avg_factor >= 0:
+            raise DetLossError.bad_argument(where, "avg_factor", "a number >= 0", avg_factor)
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    if avg_factor is None:
+        return total / max(loss.numel(), 1)
+    return total / (avg_factor + AVG_EPS)
+
+
+def global_avg_factor(n: float | int | torch.Tensor) -> float | torch.Tensor:
+    """The normaliser summed over all ranks, clamped to at least 1.
+
+    With ``torch.distributed`` initialised, ``n`` (a local count such as the number of
+    positives on this rank) is all-reduced so that every rank divides by the global count;
+    losses normalised by it, then averaged by DDP's gradient all-reduce, give N ranks of
+    batch B the same gradient as one rank of batch N*B when the caller multiplies the loss
+    by the world size (as :mod:`detloss.detection` does). Without distributed, it is
+    ``max(n, 1)``.
+
+    Example:
+        >>> global_avg_factor(0)
+        1.0
+        >>> global_avg_factor(7)
+        7.0
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        t = torch.as_tensor(n, dtype=torch.float32).detach().clone()
+        backend = dist.get_backend()
+        if backend == "nccl" and t.device.type != "cuda":
+            t = t.cuda()
+        dist.all_reduce(t)
+        return t.clamp(min=1.0)
+    if isinstance(n, torch.Tensor):
+        return n.detach().float().clamp(min=1.0)
+    return max(float(n), 1.0)
