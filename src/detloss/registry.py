@@ -41,6 +41,12 @@ class LossSpec:
     inputs: InputKind
     paper: str
     year: int
+    #: True when the gradient is by design not the derivative of the value (CIoU holds its
+    #: alpha constant, as the paper says). The contract's gradcheck then uses
+    #: ``exact_options``, options under which it is exact, or skips if there are none; the
+    #: loss's own tests check the surrogate against finite differences with the constant frozen.
+    surrogate_gradient: bool = False
+    exact_options: tuple[tuple[str, Any], ...] | None = None
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -49,7 +55,9 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec("iou", F.iou_loss, N.IoULoss, "boxes", "Yu et al., UnitBox, ACM MM", 2016),
         LossSpec("giou", F.giou_loss, N.GIoULoss, "boxes", "Rezatofighi et al., Generalized IoU, CVPR", 2019),
         LossSpec("diou", F.diou_loss, N.DIoULoss, "boxes", "Zheng et al., Distance-IoU, AAAI", 2020),
-        LossSpec("ciou", F.ciou_loss, N.CIoULoss, "boxes", "Zheng et al., Distance-IoU (CIoU), AAAI", 2020),
+        LossSpec(
+            "ciou", F.ciou_loss, N.CIoULoss, "boxes", "Zheng et al., Distance-IoU (CIoU), AAAI", 2020, surrogate_gradient=True
+        ),
         LossSpec("eiou", F.eiou_loss, N.EIoULoss, "boxes", "Zhang et al., Focal and Efficient IoU, Neurocomputing", 2022),
     )
 }
