@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 
-__all__ = ["BoxFormat", "IoUKind", "Reduction", "AvgFactor"]
+__all__ = ["AvgFactor", "BoxFormat", "IoUKind", "Reduction"]
 
 #: Box layouts: corners, left-top-width-height (seed 004), centre-width-height.
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
@@ -15,4 +15,4 @@ IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou"]
 #: How a loss tensor is reduced.
 Reduction = Literal["none", "mean", "sum"]
 #: Normaliser for ``reduction="mean"``: a number or a 0-d tensor (e.g. the number of positives).
-AvgFactor = Union[float, int, torch.Tensor]
+AvgFactor = float | int | torch.Tensor

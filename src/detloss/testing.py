@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sample_inputs", "random_boxes", "NUM_CLASSES", "REG_MAX"]
+__all__ = ["NUM_CLASSES", "REG_MAX", "random_boxes", "sample_inputs"]
 
 #: Classes in the sampled logits, and the largest bin of the sampled distributions (17 bins).
 NUM_CLASSES = 5

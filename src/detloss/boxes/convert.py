@@ -7,7 +7,7 @@ import torch
 from detloss._checks import check_boxes, check_choice
 from detloss._typing import BoxFormat
 
-__all__ = ["BOX_FORMATS", "convert", "to_xyxy", "area"]
+__all__ = ["BOX_FORMATS", "area", "convert", "to_xyxy"]
 
 BOX_FORMATS: tuple[str, ...] = ("xyxy", "xywh", "cxcywh")
 

@@ -21,7 +21,7 @@ from detloss._typing import BoxFormat, IoUKind
 from detloss.boxes.convert import BOX_FORMATS, to_xyxy
 from detloss.errors import DetLossError
 
-__all__ = ["IOU_KINDS", "aligned_iou", "pairwise_iou", "box_similarity", "prepare_pair"]
+__all__ = ["IOU_KINDS", "aligned_iou", "box_similarity", "pairwise_iou", "prepare_pair"]
 
 IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou")
 #: Elements of one pairwise block (rows x columns): bounds the memory of ``pairwise_iou``.

@@ -44,7 +44,9 @@ def draw_boxes(
 
     n = len(preds)
     cols = min(n, 3)
-    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.9 * ((n + cols - 1) // cols)), squeeze=False)
+    fig, axes = plt.subplots(
+        (n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.9 * ((n + cols - 1) // cols)), squeeze=False
+    )
     for ax, pred, row in zip(axes.flat, preds, rows):
         title = (
             f"IoU {row['iou']:.3f}  GIoU {row['giou']:.3f}  DIoU {row['diou']:.3f}\n"

@@ -26,7 +26,9 @@ def draw_box_pair(ax: Any, pred: tuple[float, ...], gt: tuple[float, ...], title
     pc = ((px1 + px2) / 2, (py1 + py2) / 2)
     gc = ((gx1 + gx2) / 2, (gy1 + gy2) / 2)
     ax.plot([cx1, cx2], [cy1, cy2], color="0.55", linestyle=":", linewidth=1.2)
-    ax.annotate("c (diagonal)", (cx1 + 0.2 * (cx2 - cx1), cy1 + 0.2 * (cy2 - cy1)), color="0.35", fontsize=8, va="bottom")
+    ax.annotate(
+        "c (diagonal)", (cx1 + 0.2 * (cx2 - cx1), cy1 + 0.2 * (cy2 - cy1)), color="0.35", fontsize=8, va="bottom"
+    )
     ax.plot([pc[0], gc[0]], [pc[1], gc[1]], color="tab:blue", linewidth=1.6, marker="o", markersize=4)
     ax.annotate("ρ (centres)", ((pc[0] + gc[0]) / 2, (pc[1] + gc[1]) / 2), color="tab:blue", fontsize=8, va="top")
     pad = 0.08 * max(cx2 - cx1, cy2 - cy1, 1e-9)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["new_run_dir", "atomic_write_bytes", "atomic_write_text", "write_json", "write_csv", "run_header"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "new_run_dir", "run_header", "write_csv", "write_json"]
 
 
 def new_run_dir(command: str, out: Path | None = None, root: Path = Path("runs")) -> Path:

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from detloss.cli import main
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def test_boxes_prints_every_kind_and_draws(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "b.png"
+    # gt 4x2 at (0,0), pred 3x3 at (2,1) in xywh: golden case A of tests/boxes/test_iou.py
+    code, out, _ = run(["boxes", "--gt", "0,0,4,2", "--pred", "2,1,3,3", "--out", str(png)], capsys)
+    assert code == 0
+    for header in ("IoU", "GIoU", "DIoU", "CIoU", "EIoU", "SIoU"):
+        assert header in out
+    assert "0.1333" in out and "-0.1167" in out and "0.0236" in out  # IoU, GIoU, DIoU by hand
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["boxes", "--gt", "1,2,3"], "--gt"),
+        (["boxes", "--pred", "a,b,c,d"], "--pred"),
+        (["boxes", "--format", "yxyx"], "--format"),
+        (["no-such-command"], "no-such-command"),
+    ],
+)
+def test_bad_options_give_one_line_and_exit_2(args: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(args, capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
+
+
+def test_console_script_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "detloss", "boxes", "--gt", "0,0,2,2", "--pred", "1,1,2,2"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "GIoU" in result.stdout
