@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/detloss demo
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test: lint
