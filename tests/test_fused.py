@@ -1,0 +1,407 @@
+"""The fast path (detloss._fused) against the reference path: values, gradients, edge cases.
+
+Every backend must give the reference path's values and gradients (autograd through the
+tensor composition of detloss.boxes / functional.classification) to float32 rounding. The
+binary family's Functions are also checked against a float64 formula written here with
+plain torch ops. No timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+import detloss
+from detloss import _backend, _fused
+from detloss._fused import native
+from detloss.errors import DetLossError
+from detloss.functional.iou import box_loss
+from detloss.testing import random_boxes
+
+BACKENDS = ["fused", "native"]
+VARIANTS = [
+    ("iou", {}),
+    ("giou", {}),
+    ("diou", {}),
+    ("ciou", {}),
+    ("ciou", {"alpha_gate": True}),
+    ("ciou", {"aspect_grad": "paper"}),
+    ("eiou", {}),
+    ("siou", {}),
+    ("siou", {"siou_theta": 2.5}),
+]
+VARIANT_IDS = [k + "".join(f"-{v}" for v in kw.values()) for k, kw in VARIANTS]
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    yield
+    detloss.set_backend(None)
+
+
+def need(backend: str) -> None:
+    if backend == "native" and not native.available():
+        if shutil.which("c++") and shutil.which("ninja"):
+            pytest.fail(f"a compiler and ninja are here but the native kernel did not build: {native.failure()}")
+        pytest.skip(f"native kernel unavailable: {native.failure()}")
+
+
+def cases(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs of xyxy boxes: overlapping, disjoint, nested, and every degenerate kind."""
+    g = torch.Generator().manual_seed(7)
+    t = random_boxes(64, generator=g)
+    p = t + torch.randn(t.shape, generator=g, dtype=torch.float64) * 4
+    p = torch.cat((torch.minimum(p[:, :2], p[:, 2:]), torch.maximum(p[:, :2], p[:, 2:])), dim=-1)
+    extra_p, extra_t = [], []
+    box = torch.tensor([10.0, 20.0, 40.0, 35.0], dtype=torch.float64)
+    extra_p += [box, box.clone()]  # identical (twice: ties in every min/max)
+    extra_t += [box, box]
+    extra_p.append(torch.tensor([10.0, 20.0, 10.0, 35.0]))  # zero width
+    extra_t.append(box)
+    extra_p.append(torch.tensor([10.0, 20.0, 40.0, 20.0]))  # zero height
+    extra_t.append(box)
+    extra_p.append(torch.tensor([15.0, 25.0, 15.0, 25.0]))  # point inside
+    extra_t.append(box)
+    extra_p.append(torch.tensor([5.0, 5.0, 5.0, 5.0]))  # point outside
+    extra_t.append(torch.tensor([5.0, 5.0, 5.0, 5.0]))  # both points, identical
+    extra_p.append(torch.tensor([40.0, 35.0, 10.0, 20.0]))  # inverted both ways
+    extra_t.append(box)
+    extra_p.append(torch.tensor([40.0, 20.0, 30.0, 50.0]))  # inverted in x
+    extra_t.append(torch.tensor([12.0, 22.0, 38.0, 30.0]))
+    extra_p.append(torch.tensor([0.0, 0.0, 1e-6, 2e-6]))  # tiny boxes
+    extra_t.append(torch.tensor([0.5e-6, 0.0, 1.5e-6, 1e-6]))
+    extra_p.append(torch.tensor([0.0, 0.0, 1e5, 2e5]))  # huge boxes (inf in float16: NaN both ways)
+    extra_t.append(torch.tensor([3e4, -1e4, 1.5e5, 1.2e5]))
+    extra_p.append(torch.tensor([0.0, 0.0, 3e4, 6e4]))  # large, finite in float16
+    extra_t.append(torch.tensor([1e4, -1e4, 5e4, 4e4]))
+    extra_p.append(torch.tensor([0.0, 0.0, 2.0, 1.0]))  # disjoint, touching
+    extra_t.append(torch.tensor([2.0, 0.0, 4.0, 1.0]))
+    extra_p.append(torch.tensor([1.0, 1.0, 2.0, 3.0]))  # nested
+    extra_t.append(torch.tensor([0.0, 0.0, 6.0, 4.0]))
+    p = torch.cat((p, torch.stack(extra_p).double()))
+    t = torch.cat((t, torch.stack(extra_t).double()))
+    return p.to(dtype), t.to(dtype)
+
+
+def run(backend: str, kind: str, options: dict, p: torch.Tensor, t: torch.Tensor, target_grad: bool = True):
+    """(loss, iou, dloss/dpred, dloss/dtarget) under one backend, with weights on both outputs."""
+    detloss.set_backend(backend)
+    p = p.detach().clone().requires_grad_(True)
+    t = t.detach().clone().requires_grad_(target_grad)
+    loss, iou = box_loss("test", kind, p, t, "xyxy", 1e-7, **options)
+    g = torch.Generator().manual_seed(3)
+    w1 = torch.rand(loss.shape, generator=g, dtype=torch.float64).to(loss.dtype)
+    w2 = torch.rand(loss.shape, generator=g, dtype=torch.float64).to(loss.dtype)
+    (loss * w1 + iou * w2).sum().backward()
+    return loss.detach(), iou.detach(), p.grad, t.grad
+
+
+def close(actual: torch.Tensor | None, expected: torch.Tensor | None, dtype: torch.dtype) -> None:
+    """Equal to rounding: relative to each row's scale (gradients of points reach 1/eps)."""
+    assert (actual is None) == (expected is None)
+    if actual is None or expected is None:
+        return
+    tol = 2e-5 if dtype == torch.float32 else 1e-10
+    scale = expected.abs().reshape(expected.shape[0], -1).amax(dim=1).clamp(min=1.0)
+    scale = scale.reshape((-1,) + (1,) * (expected.dim() - 1))
+    assert actual.dtype == expected.dtype
+    assert torch.equal(torch.isfinite(actual), torch.isfinite(expected))  # same NaN/inf, elementwise
+    torch.testing.assert_close(actual / scale, expected / scale, atol=tol, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind,options", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_equals_reference(backend: str, kind: str, options: dict, dtype: torch.dtype) -> None:
+    need(backend)
+    p, t = cases(dtype)
+    expected = run("reference", kind, options, p, t)
+    actual = run(backend, kind, options, p, t)
+    for a, e in zip(actual, expected):
+        close(a, e, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_inputs_computed_in_float32(backend: str, dtype: torch.dtype) -> None:
+    need(backend)
+    p, t = cases(dtype)
+    for kind, options in (("ciou", {}), ("siou", {}), ("giou", {})):
+        expected = run("reference", kind, options, p, t)
+        actual = run(backend, kind, options, p, t)
+        assert actual[0].dtype == torch.float32 and actual[2].dtype == dtype
+        for a, e in zip(actual[:2], expected[:2]):
+            close(a, e, torch.float32)
+        for a, e in zip(actual[2:], expected[2:]):
+            close(a.float(), e.float(), torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_broadcast_target_only_and_empty(backend: str) -> None:
+    need(backend)
+    p, t = cases(torch.float32)
+    p = p[: 4 * (p.shape[0] // 4)]
+    # one target for all predictions (broadcast), target without gradient
+    expected = run("reference", "diou", {}, p.reshape(4, -1, 4), t[:1], target_grad=False)
+    actual = run(backend, "diou", {}, p.reshape(4, -1, 4), t[:1], target_grad=False)
+    assert actual[0].shape == (4, p.shape[0] // 4) and actual[3] is None
+    for a, e in zip(actual[:3], expected[:3]):
+        close(a.reshape(-1, *a.shape[2:]), e.reshape(-1, *e.shape[2:]), torch.float32)
+    empty = torch.zeros(0, 4, requires_grad=True)
+    detloss.set_backend(backend)
+    loss = detloss.functional.ciou_loss(empty, torch.zeros(0, 4))
+    loss.backward()
+    assert loss.item() == 0.0 and empty.grad is not None and empty.grad.shape == (0, 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loss_functions_dispatch_and_agree(backend: str) -> None:
+    """The public losses (mean reduction, an expanded upstream gradient) through the backend."""
+    need(backend)
+    p, t = cases(torch.float32)
+    for name in ("iou_loss", "giou_loss", "diou_loss", "ciou_loss", "eiou_loss"):
+        grads = []
+        for b in ("reference", backend):
+            detloss.set_backend(b)
+            x = p.clone().requires_grad_(True)
+            value = getattr(detloss.functional, name)(x, t)
+            value.backward()
+            grads.append((value.detach(), x.grad))
+        close(grads[1][0].reshape(1), grads[0][0].reshape(1), torch.float32)
+        close(grads[1][1], grads[0][1], torch.float32)
+
+
+# ---------------------------------------------------------------- gradcheck (float64)
+
+
+def smooth_pairs(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overlapping, valid, non-square boxes with no ties: away from every kink."""
+    g = torch.Generator().manual_seed(11)
+    t = random_boxes(n, generator=g)
+    p = t + (torch.rand(t.shape, generator=g, dtype=torch.float64) - 0.5) * 2.0
+    return p, t
+
+
+def iou_function(backend: str):
+    return _fused.NativeIoU if backend == "native" else _fused.TorchIoU
+
+
+@pytest.mark.parametrize("kind", ["iou", "giou", "diou", "eiou", "siou"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_iou_functions(backend: str, kind: str) -> None:
+    need(backend)
+    fn = iou_function(backend)
+    p, t = smooth_pairs()
+    theta = 4.0 if kind != "siou" else 3.0
+    p.requires_grad_(True)
+    t.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: fn.apply(a, b, kind, 1e-7, False, False, theta), (p, t), eps=1e-6, atol=1e-6, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ciou_surrogate_gradient_matches_reference_autograd(backend: str) -> None:
+    """CIoU's alpha is a constant in the gradient (no finite difference sees that): compare
+    with the reference's autograd in float64, which holds alpha constant too. Where alpha is
+    gated to 0 (IoU < 0.5) the gradient is exact, so gradcheck applies."""
+    need(backend)
+    fn = iou_function(backend)
+    p, t = smooth_pairs(32)
+    for options in ({}, {"aspect_grad": "paper"}, {"alpha_gate": True}):
+        expected = run("reference", "ciou", options, p, t)
+        actual = run(backend, "ciou", options, p, t)
+        for a, e in zip(actual, expected):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+    far_p = p + torch.tensor([30.0, 30.0, 31.0, 33.0], dtype=torch.float64)  # IoU < 0.5: alpha gated
+    far_p.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a: fn.apply(a, t, "ciou", 1e-7, True, False, 4.0), (far_p,), eps=1e-6, atol=1e-6, rtol=1e-5
+    )
+
+
+# ---------------------------------------------------------------- binary classification family
+
+BINARY = [
+    ("bce", None, 0.0),
+    ("focal", 0.25, 2.0),
+    ("focal", None, 1.5),
+    ("focal", 0.25, 0.0),
+    ("quality", None, 2.0),
+    ("quality", None, 1.0),
+    ("varifocal", 0.75, 2.0),
+    ("varifocal", 0.5, 3.0),
+]
+BINARY_IDS = [f"{k}-{a}-{g}" for k, a, g in BINARY]
+
+
+def reference_binary(x: torch.Tensor, y: torch.Tensor, kind: str, alpha: float | None, gamma: float) -> torch.Tensor:
+    """Written from the papers' formulas, in float64 (p = sigmoid(x))."""
+    x, y = x.double(), y.double()
+    p = torch.sigmoid(x)
+    ce = -(y * torch.nn.functional.logsigmoid(x) + (1 - y) * torch.nn.functional.logsigmoid(-x))
+    if kind == "bce":
+        return ce
+    if kind == "focal":  # Lin et al. Eq. 5 with soft targets: 1 - p_t = y (1 - p) + (1 - y) p
+        a_t = 1.0 if alpha is None else alpha * y + (1 - alpha) * (1 - y)
+        return a_t * (y * (1 - p) + (1 - y) * p) ** gamma * ce
+    if kind == "quality":  # GFL: |y - p|^beta BCE
+        return (y - p).abs() ** gamma * ce
+    assert alpha is not None  # VarifocalNet Eq. 2
+    return torch.where(y > 0, y * ce, alpha * p**gamma * ce)
+
+
+def binary_inputs(n: int = 64, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64) * 3
+    y = torch.rand(n, 5, generator=g, dtype=torch.float64)
+    y[: n // 2] = (y[: n // 2] > 0.6).double()
+    x[0, :] = torch.tensor([30.0, -30.0, 90.0, -90.0, 0.0])  # saturated logits, and 0
+    return x.to(dtype), y.to(dtype)
+
+
+def binary_function(backend: str):
+    return _fused.NativeBinary if backend == "native" else _fused.TorchBinary
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind,alpha,gamma", BINARY, ids=BINARY_IDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binary_function_matches_float64_formula(
+    backend: str, kind: str, alpha: float | None, gamma: float, dtype: torch.dtype
+) -> None:
+    need(backend)
+    x, y = binary_inputs(dtype=dtype)
+    xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    out = binary_function(backend).apply(xs, ys, kind, alpha, gamma)
+    w = torch.rand(out.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    (out * w).sum().backward()
+    xr, yr = x.double().requires_grad_(True), y.double().requires_grad_(True)
+    ref = reference_binary(xr, yr, kind, alpha, gamma)
+    (ref * w.double()).sum().backward()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    torch.testing.assert_close(xs.grad.double(), xr.grad, **tol)
+    torch.testing.assert_close(ys.grad.double(), yr.grad, **tol)
+
+
+@pytest.mark.parametrize("kind,alpha,gamma", BINARY, ids=BINARY_IDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_binary_functions(backend: str, kind: str, alpha: float | None, gamma: float) -> None:
+    need(backend)
+    x, y = binary_inputs(6)
+    y = y.clamp(0.05, 0.95) if kind == "varifocal" else y  # away from varifocal's switch at y = 0
+    x[0] = torch.tensor([3.0, -3.0, 2.0, -2.0, 0.5])
+    fn = binary_function(backend)
+    x.requires_grad_(True)
+    y.requires_grad_(kind != "quality")  # |y - p| has a kink at y = p for soft targets, not at x
+    args = (x, y) if kind != "quality" else (x,)
+    f = (
+        (lambda a, b: fn.apply(a, b, kind, alpha, gamma))
+        if kind != "quality"
+        else (lambda a: fn.apply(a, y, kind, alpha, gamma))
+    )
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_classification_losses_dispatch_and_agree(backend: str) -> None:
+    need(backend)
+    from detloss import functional as F
+
+    x, y = binary_inputs(40, torch.float32)
+    for fn, kw in (
+        (F.binary_cross_entropy_loss, {}),
+        (F.sigmoid_focal_loss, {}),
+        (F.quality_focal_loss, {}),
+        (F.varifocal_loss, {}),
+        (F.sigmoid_focal_loss, {"gamma": 0.5}),  # exponent in (0, 1): reference path
+    ):
+        results = []
+        for b in ("reference", backend):
+            detloss.set_backend(b)
+            xs = x.clone().requires_grad_(True)
+            value = fn(xs, y, reduction="sum", **kw)
+            value.backward()
+            results.append((value.detach(), xs.grad))
+        torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- backends and compile
+
+
+def test_set_backend_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DetLossError, match="set_backend"):
+        detloss.set_backend("fast")  # type: ignore[arg-type]
+    detloss.set_backend("reference")
+    assert detloss.get_backend() == "reference"
+    detloss.set_backend(None)
+    monkeypatch.setenv(_backend.ENV_VAR, "fused")
+    assert detloss.get_backend() == "fused"
+    monkeypatch.setenv(_backend.ENV_VAR, "nonsense")
+    with pytest.raises(DetLossError, match="DETLOSS_BACKEND"):
+        detloss.get_backend()
+    monkeypatch.delenv(_backend.ENV_VAR)
+    assert detloss.get_backend() == ("native" if native.available() else "fused")
+    detloss.set_backend("native")
+    assert detloss.get_backend("meta") == "fused"  # native is CPU-only: falls back, no error
+
+
+def test_native_forward_saves_only_inputs() -> None:
+    need("native")
+    p, t = cases(torch.float32)
+    p.requires_grad_(True)
+    saved: list[int] = []
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        saved.append(x.numel() * x.element_size())
+        return x
+
+    detloss.set_backend("native")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        detloss.functional.ciou_loss(p, t, reduction="none")
+    assert sum(saved) <= 2 * p.numel() * p.element_size()
+
+
+def test_compiled_equals_eager_without_graph_break() -> None:
+    """torch.compile(fullgraph=True, dynamic=True) of the Torch Functions: one compile each."""
+    torch._dynamo.reset()
+    p, t = cases(torch.float32)
+    x, y = binary_inputs(16, torch.float32)
+    for n in (p.shape[0], p.shape[0] - 5):  # a second size must not need a new graph
+        pc, pe = p[:n].clone().requires_grad_(True), p[:n].clone().requires_grad_(True)
+        out_c = _fused.compiled("iou")(pc, t[:n], "ciou", 1e-7, False, False, 4.0)
+        out_e = _fused.TorchIoU.apply(pe, t[:n], "ciou", 1e-7, False, False, 4.0)
+        (out_c[0].sum() + out_c[1].sum()).backward()
+        (out_e[0].sum() + out_e[1].sum()).backward()
+        close(out_c[0], out_e[0], torch.float32)
+        close(pc.grad, pe.grad, torch.float32)
+    xc, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    fc = _fused.compiled("binary")(xc, y, "focal", 0.25, 2.0)
+    fe = _fused.TorchBinary.apply(xe, y, "focal", 0.25, 2.0)
+    fc.sum().backward()
+    fe.sum().backward()
+    torch.testing.assert_close(fc, fe, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_command_writes_rows(tmp_path) -> None:
+    from detloss.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--sizes", "200", "--repeat", "2", "--losses", "ciou,sigmoid_focal", "--out", str(tmp_path)])
+    assert exit_info.value.code == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert {"command", "args", "detloss_version", "torch_version", "seconds", "rows"} <= set(result)
+    keys = {"loss", "impl", "n", "fwd_ms", "fwd_bwd_ms", "saved_bytes", "peak_bytes"}
+    keys |= {"ratio_vs_fastest_peer", "ratio_vs_floor"}
+    assert result["rows"] and all(keys <= set(row) for row in result["rows"])
+    impls = {row["impl"] for row in result["rows"]}
+    assert {"reference", "fused", "floor"} <= impls
+    assert all(math.isfinite(row["fwd_bwd_ms"]) for row in result["rows"])
+    assert (tmp_path / "results.csv").is_file() and (tmp_path / "report.md").is_file()
