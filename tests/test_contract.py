@@ -17,7 +17,8 @@ LOSSES = available_losses()
 
 
 def call(key: str, inputs: tuple[torch.Tensor, ...], **kw: object) -> torch.Tensor:
-    return get_spec(key).function(*inputs, **kw)
+    spec = get_spec(key)
+    return spec.function(*inputs, **{**dict(spec.call_options), **kw})
 
 
 @pytest.mark.parametrize("key", LOSSES)
@@ -78,8 +79,9 @@ def test_module_equals_function_with_same_defaults(key: str) -> None:
     assert module_defaults == fn_defaults
     assert module_params["loss_weight"].default == 1.0
     inputs = sample_inputs(key, 4, dtype=torch.float64)
-    torch.testing.assert_close(spec.module()(*inputs), spec.function(*inputs))
-    torch.testing.assert_close(spec.module(loss_weight=2.5)(*inputs), 2.5 * spec.function(*inputs))
+    required = dict(spec.call_options)  # e.g. mpdiou's image_size
+    torch.testing.assert_close(spec.module(**required)(*inputs), spec.function(*inputs, **required))
+    torch.testing.assert_close(spec.module(**required, loss_weight=2.5)(*inputs), 2.5 * call(key, inputs))
     with pytest.raises(DetLossError, match="no_such_option"):
         spec.module(no_such_option=1)
 

@@ -10,12 +10,13 @@ import torch
 from detloss.errors import DetLossError
 
 __all__ = [
-    "check_choice",
-    "check_floating",
     "check_boxes",
-    "check_same_shape",
-    "check_same_device",
+    "check_choice",
+    "check_flag",
+    "check_floating",
     "check_range",
+    "check_same_device",
+    "check_same_shape",
     "upcast",
 ]
 
@@ -29,6 +30,12 @@ def check_choice(where: str, name: str, value: Any, choices: Iterable[str]) -> N
     options = tuple(choices)
     if not isinstance(value, str) or value not in options:
         raise DetLossError.bad_argument(where, name, "one of " + ", ".join(map(repr, options)), repr(value))
+
+
+def check_flag(where: str, name: str, value: Any) -> None:
+    """Raise unless ``value`` is a bool (``"no"`` or ``1`` must not silently mean True)."""
+    if not isinstance(value, bool):
+        raise DetLossError.bad_argument(where, name, "True or False", repr(value))
 
 
 def check_floating(where: str, name: str, t: Any) -> None:
@@ -49,9 +56,7 @@ def check_boxes(where: str, name: str, t: Any) -> None:
 def check_same_shape(where: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     """Raise unless ``a`` and ``b`` have the same shape."""
     if a.shape != b.shape:
-        raise DetLossError.bad_argument(
-            where, name_b, f"the shape of `{name_a}` {_shape(a)}", f"shape {_shape(b)}"
-        )
+        raise DetLossError.bad_argument(where, name_b, f"the shape of `{name_a}` {_shape(a)}", f"shape {_shape(b)}")
 
 
 def check_same_device(where: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:

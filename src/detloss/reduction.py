@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from detloss._checks import check_choice, check_floating
 from detloss._typing import AvgFactor, Reduction
 from detloss.errors import DetLossError
 
-__all__ = ["reduce_loss", "global_avg_factor", "REDUCTIONS"]
+__all__ = ["REDUCTIONS", "global_avg_factor", "reduce_loss"]
 
 REDUCTIONS = ("none", "mean", "sum")
 #: Added to ``avg_factor`` so that a zero normaliser (no positives) gives 0, not NaN.
@@ -44,8 +47,11 @@ def reduce_loss(
         tensor(0.)
     """
     check_choice(where, "reduction", reduction, REDUCTIONS)
+    check_floating(where, "loss", loss)
     if weight is not None:
         check_floating(where, "weight", weight)
+        if weight.device != loss.device:
+            raise DetLossError.bad_argument(where, "weight", f"a tensor on {loss.device}, as the inputs", weight.device)
         try:
             shape = torch.broadcast_shapes(loss.shape, weight.shape)
         except RuntimeError:
@@ -60,8 +66,7 @@ def reduce_loss(
             raise DetLossError.bad_argument(where, "avg_factor", 'None with reduction="sum"', avg_factor)
         if reduction == "none":
             raise DetLossError.bad_argument(where, "avg_factor", 'None with reduction="none"', avg_factor)
-        if isinstance(avg_factor, (int, float)) and not avg_factor >= 0:
-            raise DetLossError.bad_argument(where, "avg_factor", "a number >= 0", avg_factor)
+        _check_avg_factor(where, avg_factor, loss.device)
     if reduction == "none":
         return loss
     total = loss.sum()
@@ -70,6 +75,21 @@ def reduce_loss(
     if avg_factor is None:
         return total / max(loss.numel(), 1)
     return total / (avg_factor + AVG_EPS)
+
+
+def _check_avg_factor(where: str, avg_factor: object, device: torch.device) -> None:
+    """A finite number >= 0, or a one-element real tensor (its value is not read: no sync)."""
+    if isinstance(avg_factor, torch.Tensor):
+        if avg_factor.numel() != 1 or avg_factor.is_complex() or avg_factor.dtype == torch.bool:
+            got = f"a {avg_factor.dtype} tensor of shape {tuple(avg_factor.shape)}"
+            raise DetLossError.bad_argument(where, "avg_factor", "a number or a one-element real tensor", got)
+        if avg_factor.device != device and not (avg_factor.dim() == 0 and avg_factor.device.type == "cpu"):
+            expected = f"a tensor on {device}, as the inputs"
+            raise DetLossError.bad_argument(where, "avg_factor", expected, avg_factor.device)
+        return
+    ok = isinstance(avg_factor, numbers.Real) and not isinstance(avg_factor, bool)
+    if not (ok and math.isfinite(avg_factor) and avg_factor >= 0):  # type: ignore[arg-type, operator]
+        raise DetLossError.bad_argument(where, "avg_factor", "a finite number >= 0", repr(avg_factor))
 
 
 def global_avg_factor(n: float | int | torch.Tensor) -> float | torch.Tensor:

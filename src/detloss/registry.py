@@ -17,7 +17,7 @@ from detloss import functional as F
 from detloss import nn as N
 from detloss.errors import DetLossError
 
-__all__ = ["LossSpec", "LOSSES", "build_loss", "available_losses", "get_spec"]
+__all__ = ["LOSSES", "LossSpec", "available_losses", "build_loss", "get_spec"]
 
 #: What a loss takes, as :func:`detloss.testing.sample_inputs` generates it:
 #: ``boxes``: pred and target boxes ``(N, 4)``; ``values``: two real tensors of one shape;
@@ -47,18 +47,109 @@ class LossSpec:
     #: loss's own tests check the surrogate against finite differences with the constant frozen.
     surrogate_gradient: bool = False
     exact_options: tuple[tuple[str, Any], ...] | None = None
+    #: Options the contract tests and fuzzers pass on every call (function and module), for
+    #: a loss that has a required option, e.g. mpdiou's ``image_size``.
+    call_options: tuple[tuple[str, Any], ...] = ()
 
 
 LOSSES: dict[str, LossSpec] = {
     spec.key: spec
     for spec in (
+        # ---- classification losses
+        LossSpec(
+            "cross_entropy", F.cross_entropy_loss, N.CrossEntropyLoss, "class_logits",
+            "Softmax cross-entropy; label smoothing: Szegedy et al., Rethinking Inception, CVPR", 2016,
+        ),
+        LossSpec(
+            "binary_cross_entropy", F.binary_cross_entropy_loss, N.BinaryCrossEntropyLoss, "binary_logits",
+            "Logistic (sigmoid) cross-entropy: Cox, The regression analysis of binary sequences, JRSS B", 1958,
+        ),
+        LossSpec(
+            "sigmoid_focal", F.sigmoid_focal_loss, N.SigmoidFocalLoss, "binary_logits",
+            "Lin et al., Focal Loss for Dense Object Detection, ICCV", 2017,
+        ),
+        LossSpec(
+            "softmax_focal", F.softmax_focal_loss, N.SoftmaxFocalLoss, "class_logits",
+            "Lin et al., Focal Loss for Dense Object Detection, ICCV", 2017,
+        ),
+        LossSpec(
+            "quality_focal", F.quality_focal_loss, N.QualityFocalLoss, "binary_logits",
+            "Li et al., Generalized Focal Loss, NeurIPS", 2020,
+        ),
+        LossSpec(
+            "distribution_focal", F.distribution_focal_loss, N.DistributionFocalLoss, "distribution",
+            "Li et al., Generalized Focal Loss, NeurIPS", 2020,
+        ),
+        LossSpec(
+            "varifocal", F.varifocal_loss, N.VarifocalLoss, "binary_logits", "Zhang et al., VarifocalNet, CVPR", 2021
+        ),
+        LossSpec(
+            "iou_aware", F.iou_aware_loss, N.IoUAwareLoss, "iou_aware",
+            "Wu et al., IoU-aware Single-stage Object Detector, Image and Vision Computing", 2020,
+            # detached IoU target (the default): the boxes' zero gradient is by design
+            surrogate_gradient=True, exact_options=(("detach_target", False),),
+        ),
+        LossSpec(
+            "kl_div_distill", F.kl_div_distill_loss, N.KLDivDistillLoss, "distill",
+            "Hinton et al., Distilling the Knowledge in a Neural Network, arXiv 1503.02531", 2015,
+        ),
+        LossSpec(
+            "hinge", F.hinge_loss, N.HingeLoss, "signed_scores", "Cortes & Vapnik, Support-Vector Networks, ML", 1995
+        ),
+        LossSpec(
+            "exponential", F.exponential_loss, N.ExponentialLoss, "signed_scores",
+            "Freund & Schapire, AdaBoost, J. Comput. Syst. Sci.", 1997,
+        ),
+        LossSpec(
+            "ghm_c", F.ghm_c_loss, N.GHMCLoss, "binary_logits",
+            "Li et al., Gradient Harmonized Single-stage Detector, AAAI", 2019,
+        ),
         LossSpec("iou", F.iou_loss, N.IoULoss, "boxes", "Yu et al., UnitBox, ACM MM", 2016),
         LossSpec("giou", F.giou_loss, N.GIoULoss, "boxes", "Rezatofighi et al., Generalized IoU, CVPR", 2019),
         LossSpec("diou", F.diou_loss, N.DIoULoss, "boxes", "Zheng et al., Distance-IoU, AAAI", 2020),
         LossSpec(
-            "ciou", F.ciou_loss, N.CIoULoss, "boxes", "Zheng et al., Distance-IoU (CIoU), AAAI", 2020, surrogate_gradient=True
+            "ciou",
+            F.ciou_loss,
+            N.CIoULoss,
+            "boxes",
+            "Zheng et al., Distance-IoU (CIoU), AAAI",
+            2020,
+            surrogate_gradient=True,
         ),
-        LossSpec("eiou", F.eiou_loss, N.EIoULoss, "boxes", "Zhang et al., Focal and Efficient IoU, Neurocomputing", 2022),
+        LossSpec(
+            "eiou", F.eiou_loss, N.EIoULoss, "boxes", "Zhang et al., Focal and Efficient IoU, Neurocomputing", 2022
+        ),
+        # ---- regression losses
+        LossSpec("l1", F.l1_loss, N.L1Loss, "values", "Carion et al., DETR (L1 box term), ECCV", 2020),
+        LossSpec("l2", F.l2_loss, N.L2Loss, "values", "Girshick et al., R-CNN (least-squares box deltas), CVPR", 2014),
+        LossSpec("smooth_l1", F.smooth_l1_loss, N.SmoothL1Loss, "values", "Girshick, Fast R-CNN, ICCV", 2015),
+        LossSpec(
+            "huber", F.huber_loss, N.HuberLoss, "values",
+            "Huber, Robust Estimation of a Location Parameter, Ann. Math. Statist.", 1964,
+        ),
+        LossSpec("balanced_l1", F.balanced_l1_loss, N.BalancedL1Loss, "values", "Pang et al., Libra R-CNN, CVPR", 2019),
+        LossSpec(
+            "focal_eiou", F.focal_eiou_loss, N.FocalEIoULoss, "boxes",
+            "Zhang et al., Focal and Efficient IoU, Neurocomputing", 2022,
+            surrogate_gradient=True, exact_options=(("detach_iou", False),),
+        ),
+        LossSpec("siou", F.siou_loss, N.SIoULoss, "boxes", "Gevorgyan, SIoU Loss, arXiv 2205.12740", 2022),
+        LossSpec("alpha_iou", F.alpha_iou_loss, N.AlphaIoULoss, "boxes", "He et al., Alpha-IoU, NeurIPS", 2021),
+        LossSpec(
+            "wiou", F.wiou_loss, N.WIoULoss, "boxes", "Tong et al., Wise-IoU, arXiv 2301.10051", 2023,
+            surrogate_gradient=True,
+        ),
+        LossSpec(
+            "mpdiou", F.mpdiou_loss, N.MPDIoULoss, "boxes", "Ma & Xu, MPDIoU, arXiv 2307.07662", 2023,
+            call_options=(("image_size", (128.0, 128.0)),),
+        ),
+        LossSpec(
+            "inner_iou", F.inner_iou_loss, N.InnerIoULoss, "boxes", "Zhang et al., Inner-IoU, arXiv 2311.02877", 2023
+        ),
+        LossSpec(
+            "nwd", F.nwd_loss, N.NWDLoss, "boxes",
+            "Wang et al., Normalized Gaussian Wasserstein Distance, arXiv 2110.13389", 2021,
+        ),
     )
 }
 

@@ -6,7 +6,8 @@ aligned ``(N,)``; ``(n, 1, 4)`` against ``(1, M, 4)`` gives an ``(n, M)`` block 
 matrix. Every IoU-family loss in :mod:`detloss.functional` is a few lines over this kernel.
 
 Box convention: ``xyxy`` with ``x1 <= x2`` and ``y1 <= y2``. An inverted side (``x2 < x1``)
-counts as length 0, so an inverted box has area 0 and every value stays finite.
+counts as length 0, so an inverted box has area 0 and every value stays finite; the
+enclosing box spans the inverted box's corners, so it still holds both centres.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def aspect_angle(w: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.atan2(w + eps, h + eps)
 
 
+def _extent(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lo, hi)`` sorted, choosing by ``hi >= lo`` so a valid side keeps its gradients."""
+    valid = hi >= lo
+    return torch.where(valid, lo, hi), torch.where(valid, hi, lo)
+
+
 def box_similarity(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -65,6 +72,8 @@ def box_similarity(
     - ``siou``: ``iou - (Delta + Omega) / 2`` with angle cost ``Lambda = sin(2 alpha) =
       2 |dx dy| / rho^2``, ``Delta = sum_t 1 - exp(-(2 - Lambda) (d_t / C_t)^2)`` and
       ``Omega = sum_t (1 - exp(-|w - w_t| / max(w, w_t)))^theta`` (Gevorgyan, arXiv 2205.12740)
+    - ``wiou`` (for ``wiou_loss`` only, not in ``IOU_KINDS``): ``1 - R (1 - iou)``,
+      ``R = exp(rho^2 / c^2*)`` with ``c^2`` detached (Wise-IoU v1, Tong et al., arXiv 2301.10051)
     """
     px1, py1, px2, py2 = pred.unbind(-1)
     tx1, ty1, tx2, ty2 = target.unbind(-1)
@@ -77,14 +86,21 @@ def box_similarity(
     iou = inter / union
     if kind == "iou":
         return iou, iou
-    cw = (torch.maximum(px2, tx2) - torch.minimum(px1, tx1)).clamp(min=0)
-    ch = (torch.maximum(py2, ty2) - torch.minimum(py1, ty1)).clamp(min=0)
+    # the enclosing box spans each box's extent, an inverted side's too, so that it holds
+    # both centres: rho <= c, and every penalty keeps its valid-box bound (WIoU's exp(rho^2 /
+    # c^2) <= e, not inf). For valid boxes (x1 <= x2) values and gradients are unchanged.
+    (pl, pr), (tl, tr) = _extent(px1, px2), _extent(tx1, tx2)
+    (pt, pb), (tt, tb) = _extent(py1, py2), _extent(ty1, ty2)
+    cw = torch.maximum(pr, tr) - torch.minimum(pl, tl)
+    ch = torch.maximum(pb, tb) - torch.minimum(pt, tt)
     if kind == "giou":
         enclosing = cw * ch + eps
         return iou - (enclosing - union) / enclosing, iou
     dx = 0.5 * ((tx1 + tx2) - (px1 + px2))
     dy = 0.5 * ((ty1 + ty2) - (py1 + py2))
     rho2 = dx * dx + dy * dy
+    if kind == "wiou":
+        return 1.0 - torch.exp(rho2 / (cw * cw + ch * ch + eps).detach()) * (1.0 - iou), iou
     if kind == "siou":
         angle = 2.0 * (dx * dy).abs() / (rho2 + eps)
         gamma = 2.0 - angle

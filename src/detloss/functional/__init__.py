@@ -1,5 +1,66 @@
 """Every loss as a pure function of tensors: ``name_loss(pred, target, *, ..., weight, reduction, avg_factor)``."""
 
-from detloss.functional.iou import ciou_loss, diou_loss, eiou_loss, giou_loss, iou_loss
+from detloss.functional.classification import (
+    binary_cross_entropy_loss,
+    cross_entropy_loss,
+    exponential_loss,
+    ghm_c_loss,
+    hinge_loss,
+    iou_aware_loss,
+    iou_aware_score,
+    kl_div_distill_loss,
+    quality_focal_loss,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+    varifocal_loss,
+)
+from detloss.functional.distribution import distribution_expectation, distribution_focal_loss
+from detloss.functional.iou import (
+    alpha_iou_loss,
+    ciou_loss,
+    diou_loss,
+    eiou_loss,
+    focal_eiou_loss,
+    giou_loss,
+    inner_iou_loss,
+    iou_loss,
+    mpdiou_loss,
+    nwd_loss,
+    siou_loss,
+    wiou_loss,
+)
+from detloss.functional.regression import balanced_l1_loss, huber_loss, l1_loss, l2_loss, smooth_l1_loss
 
-__all__ = ["ciou_loss", "diou_loss", "eiou_loss", "giou_loss", "iou_loss"]
+__all__ = [
+    "alpha_iou_loss",
+    "balanced_l1_loss",
+    "binary_cross_entropy_loss",
+    "ciou_loss",
+    "cross_entropy_loss",
+    "diou_loss",
+    "distribution_expectation",
+    "distribution_focal_loss",
+    "eiou_loss",
+    "exponential_loss",
+    "focal_eiou_loss",
+    "ghm_c_loss",
+    "giou_loss",
+    "hinge_loss",
+    "huber_loss",
+    "inner_iou_loss",
+    "iou_aware_loss",
+    "iou_aware_score",
+    "iou_loss",
+    "kl_div_distill_loss",
+    "l1_loss",
+    "l2_loss",
+    "mpdiou_loss",
+    "nwd_loss",
+    "quality_focal_loss",
+    "sigmoid_focal_loss",
+    "siou_loss",
+    "smooth_l1_loss",
+    "softmax_focal_loss",
+    "varifocal_loss",
+    "wiou_loss",
+]
