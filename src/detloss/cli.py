@@ -5,6 +5,7 @@ Errors in what the user typed give one line on stderr and exit code 2, never a t
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -75,13 +76,281 @@ def boxes(
 
 
 @app.command()
+def simulate(
+    points: Annotated[
+        int, typer.Option(help="Anchor centres (343 cases each); the paper's 5000 = 1,715,000 cases.")
+    ] = 5000,
+    losses: Annotated[
+        str, typer.Option(help="Comma-separated box-loss keys, 'classic' (iou,giou,diou,ciou) or 'all'.")
+    ] = "classic",
+    gradient: Annotated[
+        str, typer.Option(help="exact (the losses' true gradients), paper (the authors' published code), or both.")
+    ] = "exact",
+    steps: Annotated[int, typer.Option(help="Iterations T (learning rate drops at 0.8 T and 0.9 T).")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the anchor centres.")] = 0,
+    dtype: Annotated[str, typer.Option(help="float64 (as the authors' MATLAB) or float32.")] = "float64",
+    chunk_points: Annotated[int, typer.Option(help="Anchor centres per vectorised, checkpointed chunk.")] = 400,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes computing chunks in parallel (default: one per CPU, at most 8).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/simulate-<stamp>).")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the interrupted run in --out (default: the newest runs/simulate-*).")
+    ] = False,
+) -> None:
+    """The DIoU paper's box-regression simulation: E(t) curves, final-error maps, report.md."""
+    from detloss.experiments.simulation import Setup, default_workers, parse_gradients, parse_losses
+    from detloss.experiments.simulation import simulate as run_simulation
+
+    setup = Setup(points=points, steps=steps, seed=seed, dtype=dtype, chunk_points=chunk_points)
+    try:
+        folder = run_simulation(
+            losses=parse_losses(losses),
+            gradients=parse_gradients(gradient),
+            setup=setup,
+            out=out,
+            resume=resume,
+            workers=default_workers() if workers is None else workers,
+        )
+    except KeyboardInterrupt:
+        echo_error("interrupted; continue with: detloss simulate --resume" + (f" --out {out}" if out else ""))
+        raise typer.Exit(130) from None
+    typer.echo(f"report: {folder / 'report.md'}")
+
+
+plot_app = typer.Typer(no_args_is_help=True, help="Pictures: loss curves, box configurations, loss landscapes.")
+app.add_typer(plot_app, name="plot")
+
+
+@plot_app.command("curves")
+def plot_curves_command(
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/plot-curves-<stamp>).")] = None,
+) -> None:
+    """Regression losses and gradients, CE vs focal, QFL and varifocal against their targets."""
+    from detloss.experiments.curves import plot_curves
+
+    typer.echo(f"report: {plot_curves(out) / 'report.md'}")
+
+
+@plot_app.command("boxes")
+def plot_boxes_command(
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/plot-boxes-<stamp>).")] = None,
+) -> None:
+    """Disjoint, touching and nested boxes with IoU, GIoU, DIoU and CIoU of each."""
+    from detloss.experiments.box_grid import plot_boxes
+
+    typer.echo(f"report: {plot_boxes(out) / 'report.md'}")
+
+
+@plot_app.command("landscape")
+def plot_landscape_command(
+    loss: Annotated[str, typer.Option(help="Registry key of a box loss.")] = "ciou",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/plot-landscape-<stamp>).")] = None,
+) -> None:
+    """A box loss and its gradient field as a prediction moves and stretches around a target."""
+    from detloss.experiments.landscape import plot_landscape
+
+    typer.echo(f"report: {plot_landscape(loss, out) / 'report.md'}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's results.")] = Path("runs/demo"),
 ) -> None:
-    """Run the built-in demo: the boxes table and picture on example boxes."""
+    """Run the built-in demo: the boxes table and picture, a quick simulate, and the plots."""
     out.mkdir(parents=True, exist_ok=True)
     boxes(gt=DEMO_GT, pred=list(DEMO_PREDS), box_format="xywh", out=out / "boxes.png")
+    from detloss.experiments.box_grid import plot_boxes
+    from detloss.experiments.curves import plot_curves
+    from detloss.experiments.landscape import plot_landscape
+    from detloss.experiments.simulation import GRADIENTS, PAPER_LOSSES, Setup, default_workers
+    from detloss.experiments.simulation import simulate as run_simulation
+
+    quick = Setup(points=300, chunk_points=100)
+    folder = run_simulation(
+        losses=PAPER_LOSSES, gradients=GRADIENTS, setup=quick, out=out / "simulate", workers=default_workers()
+    )
+    plots = (plot_curves(out / "plot-curves"), plot_boxes(out / "plot-boxes"))
+    for plot in (*plots, plot_landscape("ciou", out / "plot-landscape")):
+        typer.echo(f"plot: {plot / 'report.md'}")
+    report = folder / "report.md"
     typer.echo(f"demo results: {out.resolve()}")
+    typer.echo(f"simulation report: {report.resolve()}")
+
+
+@app.command()
+def fuzz(
+    cases: Annotated[int, typer.Option(help="Number of cases, spread evenly over losses and dtype modes.")] = 10_000,
+    losses: Annotated[
+        list[str] | None, typer.Option(help="Registry keys (comma-separated or repeated); default all.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed: case i of seed s is always the same case.")] = 0,
+    jobs: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    backend: Annotated[str | None, typer.Option(help="reference, fused, native or compiled (default fastest).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/fuzz-<stamp>).")] = None,
+) -> None:
+    """Adversarial inputs for every loss: non-finite values and gradients, mismatches vs float64 (exit 1 if any)."""
+    from detloss.experiments.fuzz import fuzz_report, parse_losses
+
+    summary, _ = fuzz_report(parse_losses(losses), cases, seed, out, jobs=jobs, backend=backend)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+_LossOpt = Annotated[
+    list[str] | None, typer.Option(help="Loss hyper-parameter KEY=VALUE (repeat), e.g. alpha=0.5, alpha=none.")
+]
+
+
+@app.command()
+def train(
+    box_loss: Annotated[str, typer.Option(help="Box loss: an IoU-family key, or l2 / smooth_l1 (encoded).")] = "ciou",
+    obj_loss: Annotated[str, typer.Option(help="Objectness loss: bce, focal, varifocal, quality_focal.")] = "bce",
+    cls_loss: Annotated[str, typer.Option(help="Class loss (same choices as --obj-loss).")] = "bce",
+    box_weight: Annotated[float, typer.Option(help="Weight of the box term.")] = 5.0,
+    obj_weight: Annotated[float, typer.Option(help="Weight of the objectness term.")] = 1.0,
+    cls_weight: Annotated[float, typer.Option(help="Weight of the class term.")] = 1.0,
+    box_option: _LossOpt = None,
+    obj_option: _LossOpt = None,
+    cls_option: _LossOpt = None,
+    steps: Annotated[int | None, typer.Option(help="Optimisation steps (default 1500; --resume: new total).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step and per process.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine).")] = 3e-3,
+    seed: Annotated[int, typer.Option(help="Seed of the weights, data order and flips.")] = 0,
+    image_size: Annotated[int, typer.Option(help="Square input size in pixels (a multiple of 16).")] = 64,
+    train_images: Annotated[int, typer.Option(help="Synthetic training scenes.")] = 4000,
+    val_images: Annotated[int, typer.Option(help="Synthetic validation scenes.")] = 500,
+    data_seed: Annotated[int, typer.Option(help="Seed of the synthetic scenes.")] = 0,
+    train_json: Annotated[Path | None, typer.Option(help="COCO json of your training set (not synthetic).")] = None,
+    train_image_dir: Annotated[Path | None, typer.Option(help="Its image folder (default: beside the json).")] = None,
+    val_json: Annotated[Path | None, typer.Option(help="COCO json of your validation set.")] = None,
+    val_image_dir: Annotated[Path | None, typer.Option(help="Its image folder (default: beside the json).")] = None,
+    width: Annotated[int, typer.Option(help="Channels of the first convolution (the network scales with it).")] = 16,
+    nms: Annotated[str, typer.Option(help="nms or diou_nms for metrics.json (results.json has both).")] = "nms",
+    nms_threshold: Annotated[float, typer.Option(help="(DIoU-)NMS threshold; the DIoU paper's is 0.45.")] = 0.45,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/train-<stamp>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint, its settings.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Train the tiny YOLO-style detector with the chosen losses; COCO mAP, curves, pictures.
+
+    Distributed: torchrun --nproc_per_node 2 -m detloss train ... (gloo on CPU, nccl on GPU).
+    """
+    settings = {k: v for k, v in locals().items() if k not in ("out", "resume", "progress", "steps")}
+    from detloss.detection.train import TrainConfig
+    from detloss.detection.train import train as run_train
+
+    config = None if resume else TrainConfig.from_cli(settings, steps)
+    result = run_train(config, out, resume=resume, steps=steps, progress=progress, args={**settings, "steps": steps})
+    if os.environ.get("RANK", "0") == "0":  # the only process, or rank 0 of torchrun
+        typer.echo("AP {AP:.4f}  AP50 {AP50:.4f}  AP75 {AP75:.4f}".format(**result["metrics"]))
+        typer.echo(f"report: {Path(result['run_dir']) / 'report.md'}")
+
+
+@app.command()
+def compare(
+    box_loss: Annotated[str, typer.Option(help="Comma-separated box losses.")] = "l2,iou,giou,diou,ciou",
+    obj_loss: Annotated[str, typer.Option(help="Comma-separated objectness losses (bce, focal, ...).")] = "bce",
+    seeds: Annotated[int, typer.Option(help="Models per setting (seeds 0..n-1).")] = 2,
+    cls_loss: Annotated[str, typer.Option(help="Class loss, the same for every model.")] = "bce",
+    box_weight: Annotated[float, typer.Option(help="Weight of the box term.")] = 5.0,
+    obj_option: _LossOpt = None,
+    steps: Annotated[int, typer.Option(help="Optimisation steps per model.")] = 800,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 3e-3,
+    image_size: Annotated[int, typer.Option(help="Square input size in pixels (a multiple of 16).")] = 64,
+    train_images: Annotated[int, typer.Option(help="Synthetic training scenes.")] = 4000,
+    val_images: Annotated[int, typer.Option(help="Synthetic validation scenes.")] = 500,
+    width: Annotated[int, typer.Option(help="Channels of the first convolution.")] = 16,
+    nms_threshold: Annotated[float, typer.Option(help="Threshold of NMS and DIoU-NMS.")] = 0.45,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Folder (default runs/compare-<stamp>); reused: resumes.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train one model per (box loss, objectness loss, seed); the AP table with NMS and DIoU-NMS rows."""
+    settings = {k: v for k, v in locals().items() if k not in ("out", "progress", "box_loss", "obj_loss", "seeds")}
+    from detloss.detection.compare import compare as run_compare
+    from detloss.detection.train import TrainConfig
+    from detloss.experiments.runs import new_run_dir
+
+    base = TrainConfig.from_cli({**settings, "box_loss": "ciou", "obj_loss": "bce"}, steps)
+    folder = new_run_dir("compare", out)
+    boxes_, objs = [b for b in box_loss.split(",") if b], [o for o in obj_loss.split(",") if o]
+    args = {"box_loss": box_loss, "obj_loss": obj_loss, "seeds": seeds, **settings}
+    result = run_compare(boxes_, objs, seeds, base, folder, progress=progress, args=args)
+    typer.echo(f"{len(result['rows'])} rows; report: {folder / 'report.md'}")
+
+
+@app.command()
+def bench(
+    losses: Annotated[str, typer.Option(help="Comma-separated losses (IoU family and binary family).")] = (
+        "iou,giou,diou,ciou,eiou,siou,sigmoid_focal,quality_focal,varifocal,binary_cross_entropy"
+    ),
+    sizes: Annotated[str, typer.Option(help="Comma-separated sizes: box pairs, or logits (as n/80 x 80).")] = (
+        "1e4,1e5,1e6"
+    ),
+    backends: Annotated[str, typer.Option(help="Comma-separated backends (default: those available here).")] = "",
+    repeat: Annotated[int, typer.Option(help="Timed runs per measurement (the median is kept).")] = 7,
+    threads: Annotated[int, typer.Option(help="torch threads (0: leave as is).")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    peers: Annotated[bool, typer.Option(help="Time fvcore / kornia when installed.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Folder (default runs/bench-<stamp>).")] = None,
+) -> None:
+    """Time every fused loss per backend against the reference, the installed peers and the memory floor."""
+    import time
+
+    import torch
+
+    from detloss._backend import BACKENDS
+    from detloss._checks import check_choice, check_range
+    from detloss.experiments.bench import BINARY_LOSSES, IOU_LOSSES, report_markdown, run_bench
+    from detloss.experiments.runs import atomic_write_text, new_run_dir, run_header, write_csv, write_json
+
+    started = time.perf_counter()
+    names = [x for x in losses.split(",") if x]
+    for name in names:
+        check_choice("detloss bench", "--losses", name, IOU_LOSSES + BINARY_LOSSES)
+    try:
+        counts = [int(float(x)) for x in sizes.split(",") if x]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {sizes!r}", param_hint="--sizes") from None
+    for count in counts:
+        check_range("detloss bench", "--sizes", count, 1)
+    chosen = [x for x in backends.split(",") if x] or None
+    for name in chosen or ():
+        check_choice("detloss bench", "--backends", name, BACKENDS)
+    check_range("detloss bench", "--repeat", repeat, 1)
+    check_choice("detloss bench", "--device", device, ("cpu", "cuda"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    folder = new_run_dir("bench", out)
+    rows = run_bench(
+        names,
+        counts,
+        backends=chosen,
+        repeat=repeat,
+        device=device,
+        with_peers=peers,
+        progress=lambda text: typer.echo(f"  {text}", err=True),
+    )
+    args = {
+        "losses": losses,
+        "sizes": sizes,
+        "backends": backends,
+        "repeat": repeat,
+        "threads": threads,
+        "device": device,
+        "peers": peers,
+    }
+    result = {**run_header("bench", args, started), "threads": torch.get_num_threads(), "rows": rows}
+    write_json(folder / "results.json", result)
+    write_csv(folder / "results.csv", rows)
+    report = report_markdown(rows, {**result, "repeat": repeat, "device": device})
+    atomic_write_text(folder / "report.md", report)
+    typer.echo(report)
+    typer.echo(f"results: {folder}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         echo_error("aborted")
         sys.exit(130)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        echo_error(str(exc))
+    except OSError as exc:  # a path that cannot be read or created (missing, a file, no permission, ...)
+        echo_error(" ".join(str(exc).split()))
         sys.exit(2)
     sys.exit(result if isinstance(result, int) else 0)
