@@ -465,7 +465,10 @@ STABILITY_CASES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "varifocal_gamma_half": _binary(lambda x, t, **kw: F.varifocal_loss(x, t, gamma=0.5, **kw)),
     "ghm_c": _binary(F.ghm_c_loss),
     "hinge": _binary(F.hinge_loss),
-    "exponential": _binary(F.exponential_loss),
+    # the documented float16 setting: e^10 keeps a float16 gradient in range (the default 50 does not)
+    "exponential": _binary(
+        lambda x, t, **kw: F.exponential_loss(x, t, max_exponent=10.0 if x.dtype == torch.float16 else 50.0, **kw)
+    ),
     "cross_entropy": lambda x: F.cross_entropy_loss(x.view(-1, 3), torch.tensor([0, 2]), reduction="none"),
     "ce_smoothing": lambda x: F.cross_entropy_loss(x.view(-1, 3), torch.tensor([0, 2]), label_smoothing=0.1),
     "softmax_focal": lambda x: F.softmax_focal_loss(x.view(-1, 3), torch.tensor([0, 2]), reduction="none"),

@@ -62,8 +62,6 @@ __all__ = [
 
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _UNBOUNDED = math.inf
-#: Largest exponent of the exponential loss for float16 scores: e^10 fits float16's 65504.
-_FLOAT16_EXPONENT_CAP = 10.0
 
 
 # ---------------------------------------------------------------------------- checks
@@ -554,6 +552,7 @@ def ghm_c_loss(
         )
     if weight is not None:
         check_floating(where, "weight", weight)
+        check_same_device(where, "pred", x, "weight", weight)
         try:
             ok = torch.broadcast_shapes(x.shape, weight.shape) == x.shape
         except RuntimeError:
@@ -664,6 +663,13 @@ def iou_aware_score(cls_prob: torch.Tensor, iou: torch.Tensor, *, alpha: float =
     p = _logits(where, "cls_prob", cls_prob)
     q = _logits(where, "iou", iou)
     check_range(where, "alpha", alpha, 0.0, 1.0)
+    check_same_device(where, "cls_prob", p, "iou", q)
+    try:
+        torch.broadcast_shapes(p.shape, q.shape)
+    except RuntimeError:
+        raise DetLossError.bad_argument(
+            where, "iou", f"a shape that broadcasts with `cls_prob` {tuple(p.shape)}", f"shape {tuple(q.shape)}"
+        ) from None
     return p.clamp(0.0, 1.0).pow(1.0 - alpha) * q.clamp(0.0, 1.0).pow(alpha)
 
 
@@ -770,8 +776,10 @@ def exponential_loss(
     max_exponent`` (50 by default): ``e^m (1 + z - m)`` for ``z > m``, which is convex,
     increasing and exact below ``m`` (``e^50 = 5.2e21``; at ``z = 1e4`` the value is
     ``5.2e25``). ``max_exponent=None`` gives the pure exponential (``inf`` past the overflow).
-    For float16 scores the cap is at most 10 (slope ``e^10 = 22026``), so that the gradient,
-    stored in float16 (largest value 65504), stays finite too.
+    The function is the same for every dtype. For float16 scores pass ``max_exponent=10``
+    (slope ``e^10 = 22026``) if the gradient must fit float16 (largest value 65504): with
+    the default, the value (float32) stays finite but a float16 leaf's gradient past
+    ``z = 11`` is beyond float16's range.
 
     Example:
         >>> scores = torch.tensor([0.0, 0.6931472])  # 0, ln 2
@@ -787,8 +795,7 @@ def exponential_loss(
     if max_exponent is None:
         loss = torch.exp(z)
     else:
-        cap = min(max_exponent, _FLOAT16_EXPONENT_CAP) if pred.dtype == torch.float16 else max_exponent
-        capped = z.clamp(max=cap)
+        capped = z.clamp(max=max_exponent)
         # one expression for both sides: e^z below the cap, the tangent e^m (1 + z - m) above
         loss = torch.exp(capped) * (1 + (z - capped))
     return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 
 from detloss import _fused
-from detloss._checks import check_choice, check_floating, check_range
+from detloss._checks import check_choice, check_flag, check_floating, check_range
 from detloss._typing import AvgFactor, BoxFormat, IoUKind, Reduction
 from detloss.boxes.convert import convert, to_xyxy
 from detloss.boxes.iou import IOU_KINDS, box_similarity, prepare_pair
@@ -180,9 +180,8 @@ def ciou_loss(
     from detloss._checks import check_choice
 
     check_choice("ciou_loss", "grad_mode", grad_mode, ("exact", "paper"))
-    loss, _ = box_loss(
-        "ciou_loss", "ciou", pred, target, box_format, eps, alpha_gate=bool(alpha_gate), aspect_grad=grad_mode
-    )
+    check_flag("ciou_loss", "alpha_gate", alpha_gate)
+    loss, _ = box_loss("ciou_loss", "ciou", pred, target, box_format, eps, alpha_gate=alpha_gate, aspect_grad=grad_mode)
     return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="ciou_loss")
 
 
@@ -196,7 +195,10 @@ def eiou_loss(
     reduction: Reduction = "mean",
     avg_factor: AvgFactor | None = None,
 ) -> torch.Tensor:
-    r"""Efficient-IoU loss: :math:`1 - \mathrm{IoU} + \frac{\rho^2}{c^2} + \frac{(w - w^{gt})^2}{C_w^2} + \frac{(h - h^{gt})^2}{C_h^2}`.
+    r"""Efficient-IoU loss: 1 - IoU + rho^2 / c^2 + width and height terms.
+
+    .. math::
+        L_{EIoU} = 1 - \mathrm{IoU} + \frac{\rho^2}{c^2} + \frac{(w - w^{gt})^2}{C_w^2} + \frac{(h - h^{gt})^2}{C_h^2}
 
     ``C_w, C_h`` are the sides of the smallest enclosing box. Reference: Zhang et al.,
     "Focal and Efficient IOU Loss for Accurate Bounding Box Regression", Neurocomputing
@@ -214,11 +216,6 @@ def eiou_loss(
 
 
 # ---------------------------------------------------------------- newer IoU-family losses (issue 3)
-
-
-def _check_flag(where: str, name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise DetLossError.bad_argument(where, name, "True or False", repr(value))
 
 
 def _power(x: torch.Tensor, p: float, eps: float) -> torch.Tensor:
@@ -264,7 +261,7 @@ def focal_eiou_loss(
     """
     where = "focal_eiou_loss"
     check_range(where, "gamma", gamma, 0.0)
-    _check_flag(where, "detach_iou", detach_iou)
+    check_flag(where, "detach_iou", detach_iou)
     if detach_iou:
         loss, iou = box_loss(where, "eiou", pred, target, box_format, eps)
         focus = iou.detach() ** gamma
