@@ -215,7 +215,7 @@ def train(
     cls_option: _LossOpt = None,
     steps: Annotated[int | None, typer.Option(help="Optimisation steps (default 1500; --resume: new total).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step and per process.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine).")] = 3e-3,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine).")] = 1e-2,
     seed: Annotated[int, typer.Option(help="Seed of the weights, data order and flips.")] = 0,
     image_size: Annotated[int, typer.Option(help="Square input size in pixels (a multiple of 16).")] = 64,
     train_images: Annotated[int, typer.Option(help="Synthetic training scenes.")] = 4000,
@@ -257,9 +257,9 @@ def compare(
     cls_loss: Annotated[str, typer.Option(help="Class loss, the same for every model.")] = "bce",
     box_weight: Annotated[float, typer.Option(help="Weight of the box term.")] = 5.0,
     obj_option: _LossOpt = None,
-    steps: Annotated[int, typer.Option(help="Optimisation steps per model.")] = 800,
+    steps: Annotated[int, typer.Option(help="Optimisation steps per model.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 3e-3,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 1e-2,
     image_size: Annotated[int, typer.Option(help="Square input size in pixels (a multiple of 16).")] = 64,
     train_images: Annotated[int, typer.Option(help="Synthetic training scenes.")] = 4000,
     val_images: Annotated[int, typer.Option(help="Synthetic validation scenes.")] = 500,
@@ -322,6 +322,7 @@ def bench(
     for name in chosen or ():
         check_choice("detloss bench", "--backends", name, BACKENDS)
     check_range("detloss bench", "--repeat", repeat, 1)
+    check_range("detloss bench", "--threads", threads, 0)
     check_choice("detloss bench", "--device", device, ("cpu", "cuda"))
     if threads > 0:
         torch.set_num_threads(threads)
