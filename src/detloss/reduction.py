@@ -41,8 +41,8 @@ def reduce_loss(
         >>> loss = torch.tensor([1.0, 2.0, 3.0])
         >>> reduce_loss(loss, "mean", weight=torch.tensor([1.0, 0.0, 1.0]))
         tensor(1.3333)
-        >>> reduce_loss(loss, "mean", avg_factor=2)
-        tensor(3.0000)
+        >>> reduce_loss(loss, "mean", avg_factor=4)  # 6 / 4
+        tensor(1.5000)
         >>> reduce_loss(torch.zeros(0), "mean")
         tensor(0.)
     """
