@@ -202,6 +202,16 @@ _LossOpt = Annotated[
 ]
 
 
+def check_training_options(where: str, *, lr: float, width: int, nms_threshold: float, device: str) -> None:
+    """The options of ``train`` and ``compare`` that would otherwise fail deep inside torch."""
+    from detloss._checks import check_choice, check_range
+
+    check_range(where, "--lr", lr, 0.0, low_open=True)
+    check_range(where, "--width", width, 1)
+    check_range(where, "--nms-threshold", nms_threshold, 0.0, 1.0)
+    check_choice(where, "--device", device, ("auto", "cpu", "cuda"))
+
+
 @app.command()
 def train(
     box_loss: Annotated[str, typer.Option(help="Box loss: an IoU-family key, or l2 / smooth_l1 (encoded).")] = "ciou",
@@ -242,6 +252,7 @@ def train(
     from detloss.detection.train import TrainConfig
     from detloss.detection.train import train as run_train
 
+    check_training_options("detloss train", lr=lr, width=width, nms_threshold=nms_threshold, device=device)
     config = None if resume else TrainConfig.from_cli(settings, steps)
     result = run_train(config, out, resume=resume, steps=steps, progress=progress, args={**settings, "steps": steps})
     if os.environ.get("RANK", "0") == "0":  # the only process, or rank 0 of torchrun
@@ -273,8 +284,11 @@ def compare(
     settings = {k: v for k, v in locals().items() if k not in ("out", "progress", "box_loss", "obj_loss", "seeds")}
     from detloss.detection.compare import compare as run_compare
     from detloss.detection.train import TrainConfig
+    from detloss._checks import check_range
     from detloss.experiments.runs import new_run_dir
 
+    check_range("detloss compare", "--seeds", seeds, 1)
+    check_training_options("detloss compare", lr=lr, width=width, nms_threshold=nms_threshold, device=device)
     base = TrainConfig.from_cli({**settings, "box_loss": "ciou", "obj_loss": "bce"}, steps)
     folder = new_run_dir("compare", out)
     boxes_, objs = [b for b in box_loss.split(",") if b], [o for o in obj_loss.split(",") if o]
