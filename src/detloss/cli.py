@@ -282,9 +282,9 @@ def compare(
 ) -> None:
     """Train one model per (box loss, objectness loss, seed); the AP table with NMS and DIoU-NMS rows."""
     settings = {k: v for k, v in locals().items() if k not in ("out", "progress", "box_loss", "obj_loss", "seeds")}
+    from detloss._checks import check_range
     from detloss.detection.compare import compare as run_compare
     from detloss.detection.train import TrainConfig
-    from detloss._checks import check_range
     from detloss.experiments.runs import new_run_dir
 
     check_range("detloss compare", "--seeds", seeds, 1)
