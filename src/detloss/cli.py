@@ -290,8 +290,13 @@ def compare(
     check_range("detloss compare", "--seeds", seeds, 1)
     check_training_options("detloss compare", lr=lr, width=width, nms_threshold=nms_threshold, device=device)
     base = TrainConfig.from_cli({**settings, "box_loss": "ciou", "obj_loss": "bce"}, steps)
-    folder = new_run_dir("compare", out)
     boxes_, objs = [b for b in box_loss.split(",") if b], [o for o in obj_loss.split(",") if o]
+    from detloss.detection.yolo_loss import resolve_loss_name
+
+    for names, role in ((boxes_, "box_loss"), (objs, "obj_loss")):
+        for name in names:  # checked before a run folder is created
+            resolve_loss_name(name, role)
+    folder = new_run_dir("compare", out)
     args = {"box_loss": box_loss, "obj_loss": obj_loss, "seeds": seeds, **settings}
     result = run_compare(boxes_, objs, seeds, base, folder, progress=progress, args=args)
     typer.echo(f"{len(result['rows'])} rows; report: {folder / 'report.md'}")

@@ -87,6 +87,10 @@ def test_cli_train_and_compare_resumable(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(SystemExit) as code:
         main(["train", "--box-loss", "nope", "--out", str(tmp_path / "u"), *common])
     assert code.value.code == 2 and "box_loss" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as code:
+        main(["compare", "--box-loss", "iou,nope", "--out", str(tmp_path / "v"), *common])
+    assert code.value.code == 2 and "nope" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()  # no run folder for a command that cannot run
 
     base = TrainConfig(image_size=32, train_images=32, val_images=4, batch_size=8, width=8, steps=3, warmup_steps=1)
     result = compare(["iou", "l2"], ["bce"], [3], base, tmp_path / "c", progress=False)
