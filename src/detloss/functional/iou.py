@@ -80,7 +80,6 @@ def iou_loss(
         >>> iou_loss(pred, target, mode="log")  # ln 3
         tensor(1.0986)
     """
-    from detloss._checks import check_choice
 
     check_choice("iou_loss", "mode", mode, ("linear", "log"))
     loss, iou = box_loss("iou_loss", "iou", pred, target, box_format, eps)
@@ -177,7 +176,6 @@ def ciou_loss(
         >>> ciou_loss(pred, target)
         tensor(0.5532)
     """
-    from detloss._checks import check_choice
 
     check_choice("ciou_loss", "grad_mode", grad_mode, ("exact", "paper"))
     check_flag("ciou_loss", "alpha_gate", alpha_gate)
