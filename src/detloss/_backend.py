@@ -23,12 +23,14 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
 from detloss._checks import check_choice
 
-__all__ = ["BACKENDS", "ENV_VAR", "get_backend", "resolve", "set_backend"]
+__all__ = ["BACKENDS", "ENV_VAR", "get_backend", "resolve", "set_backend", "torch_threads"]
 
 BACKENDS: tuple[str, ...] = ("reference", "fused", "native", "compiled")
 ENV_VAR = "DETLOSS_BACKEND"
@@ -79,3 +81,14 @@ def get_backend(device: torch.device | str = "cpu") -> str:
     available, resolved as a call would resolve it (a first call may build the native kernel).
     """
     return resolve(device)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch (and the native kernel's OpenMP loops) on ``n`` threads inside the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -29,14 +29,14 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from detloss._backend import torch_threads
 from detloss._checks import check_choice, check_range
 from detloss.errors import DetLossError
 
@@ -397,17 +397,6 @@ def _chunk_path(out: Path, loss: str, gradient: str, k: int) -> Path:
     return _checkpoint_dir(out) / f"{loss}-{gradient}" / f"chunk-{k:05d}.pt"
 
 
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Run torch on ``n`` threads inside the block (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def compute_chunk(setup: Setup, loss: str, gradient: str, k: int, path: Path) -> None:
     """Regress the cases of anchor centres ``k * chunk_points ...`` and checkpoint the chunk's
     curve, per-centre final errors, converged and non-finite counts and compute seconds."""
@@ -485,7 +474,7 @@ def run_cases(
                 on_chunk(loss, gradient, k)
 
         if workers <= 1 or len(todo) <= 1:
-            with _threads(1):
+            with torch_threads(1):
                 for loss, gradient, k in todo:
                     compute_chunk(setup, loss, gradient, k, _chunk_path(out, loss, gradient, k))
                     finished(loss, gradient, k)
