@@ -17,6 +17,7 @@ import torch
 
 import detloss
 from detloss import _backend, _fused
+from detloss._backend import torch_threads
 from detloss._fused import native
 from detloss.errors import DetLossError
 from detloss.functional.iou import box_loss
@@ -332,6 +333,77 @@ def test_classification_losses_dispatch_and_agree(backend: str) -> None:
         torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-5)
 
 
+# ---------------------------------------------------------------- the native kernel's loops
+
+# How the upstream gradient reaches a backward: the kernel stages it per block and treats an
+# absent one, an expanded scalar (stride 0), a dense one and a strided one differently.
+LAYOUTS = ["dense", "expanded", "strided", "absent"]
+
+
+def upstream(layout: str, shape: torch.Size, dtype: torch.dtype, seed: int) -> torch.Tensor | None:
+    g = torch.Generator().manual_seed(seed)
+    if layout == "absent":
+        return None
+    if layout == "expanded":
+        return torch.full((1,), 0.37, dtype=dtype).expand(shape)
+    if layout == "strided":
+        wide = torch.rand(shape[0], 3, *shape[1:], generator=g, dtype=torch.float64).to(dtype)
+        return wide[:, 1]
+    return torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("kind,options", [("giou", {}), ("ciou", {}), ("siou", {})], ids=["giou", "ciou", "siou"])
+def test_native_iou_loops_many_blocks_every_gradient_layout(kind: str, options: dict) -> None:
+    """Several threads' chunks and blocks, a partial block, each upstream layout on each output."""
+    need("native")
+    p, t = cases(torch.float64)
+    reps = (3 * 2048 + 77) // p.shape[0] + 1
+    p, t = p.repeat(reps, 1)[: 3 * 2048 + 77], t.repeat(reps, 1)[: 3 * 2048 + 77]
+    p = p + torch.arange(p.shape[0], dtype=torch.float64)[:, None] * 1e-3  # no two rows alike
+    with torch_threads(2):
+        for layout_loss, layout_iou in [(a, b) for a in LAYOUTS for b in ("absent", "dense")]:
+            if layout_loss == layout_iou == "absent":
+                continue
+            for target_grad in (True, False):
+                results = []
+                for backend in ("reference", "native"):
+                    detloss.set_backend(backend)
+                    ps = p.clone().requires_grad_(True)
+                    ts = t.clone().requires_grad_(target_grad)
+                    loss, iou = box_loss("test", kind, ps, ts, "xyxy", 1e-7, **options)
+                    pairs = [
+                        (out, upstream(layout, out.shape, out.dtype, seed))
+                        for out, layout, seed in ((loss, layout_loss, 1), (iou, layout_iou, 2))
+                    ]
+                    outputs, grads = zip(*[(o, g) for o, g in pairs if g is not None])
+                    torch.autograd.backward(list(outputs), list(grads))
+                    results.append((loss.detach(), ps.grad, ts.grad))
+                for a, e in zip(results[1], results[0]):
+                    close(a, e, torch.float64)
+
+
+@pytest.mark.parametrize("kind,alpha,gamma", [("focal", 0.25, 2.0), ("quality", None, 2.0), ("varifocal", 0.75, 2.0)])
+def test_native_binary_loops_many_blocks_every_gradient_layout(kind: str, alpha: float | None, gamma: float) -> None:
+    need("native")
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(5 * 8192 + 13, generator=g, dtype=torch.float64) * 4
+    y = torch.rand(x.shape, generator=g, dtype=torch.float64)
+    y[::3] = 0.0
+    with torch_threads(2):
+        for layout in ("dense", "expanded", "strided"):
+            for target_grad in (True, False):
+                xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(target_grad)
+                out = _fused.NativeBinary.apply(xs, ys, kind, alpha, gamma)
+                grad = upstream(layout, out.shape, out.dtype, 4)
+                out.backward(grad)
+                xr, yr = x.clone().requires_grad_(True), y.clone().requires_grad_(target_grad)
+                reference_binary(xr, yr, kind, alpha, gamma).backward(grad)
+                torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-10, atol=1e-12)
+                assert (ys.grad is None) == (not target_grad)
+                if target_grad:
+                    torch.testing.assert_close(ys.grad, yr.grad, rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------- backends and compile
 
 
@@ -350,6 +422,36 @@ def test_set_backend_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert detloss.get_backend() == ("native" if native.available() else "fused")
     detloss.set_backend("native")
     assert detloss.get_backend("meta") == "fused"  # native is CPU-only: falls back, no error
+
+
+def test_native_build_falls_back_to_the_next_flag_set(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A flag set that fails (no OpenMP) is marked and skipped; the next one is built."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    calls: list[list[str]] = []
+
+    def fake_load(name: str, extra_cflags: list[str], **kwargs: object) -> str:
+        calls.append(extra_cflags)
+        if "-fopenmp" in extra_cflags:
+            raise RuntimeError("unsupported option '-fopenmp'")
+        return name
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    assert native._build() == native.extension_name(1)
+    assert calls == [native._FLAG_SETS[0][0], native._FLAG_SETS[1][0]]
+    assert "-fopenmp" in next(tmp_path.glob("*/FAILED")).read_text()
+    calls.clear()
+    assert native._build() == native.extension_name(1)  # the failed set is not tried again
+    assert calls == [native._FLAG_SETS[1][0]]
+
+
+def test_without_compiler_the_default_is_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "_state", {"tried": False, "module": None, "failure": None})
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    assert native.module() is None
+    assert "no-such-compiler-here" in (native.failure() or "")
+    assert detloss.get_backend() == "fused"
 
 
 def test_native_forward_saves_only_inputs() -> None:

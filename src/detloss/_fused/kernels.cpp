@@ -1,9 +1,10 @@
 // detloss fast path: loss and analytic gradient of the IoU family and of the binary
-// classification family, one pass over the data each (OpenMP threads via at::parallel_for,
-// SIMD via `#pragma omp simd`). The math is that of detloss.boxes.iou.box_similarity and
-// detloss._fused.torch_impl, step for step, including the subgradients autograd takes at
-// kinks: clamp(min=0) passes the gradient at 0, min/max split it in half on ties, |x| has
-// gradient 0 at 0. Built without -ffast-math: a finite input never becomes a NaN here.
+// classification family, one pass over the data each: OpenMP threads via at::parallel_for (which
+// runs on one thread unless this file is built with -fopenmp) and SIMD via `#pragma omp simd`.
+// The math is that of detloss.boxes.iou.box_similarity and detloss._fused.torch_impl, step for
+// step, including the subgradients autograd takes at kinks: clamp(min=0) passes the gradient at
+// 0, min/max split it in half on ties, |x| has gradient 0 at 0. Built without -ffast-math: a
+// finite input never becomes a NaN here.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -16,11 +17,15 @@ namespace {
 
 constexpr int64_t kGrain = 2048;
 
+// Inlining is forced: GCC vectorizes a loop only if the per-element function is inlined into
+// it, and its own inlining heuristics drop the larger kinds (SIoU) in some instantiations.
+#define DETLOSS_INLINE __attribute__((always_inline)) inline
+
 // ---------------------------------------------------------------- float math that vectorizes
 // libm calls stop GCC's vectorizer (without -ffast-math); these branch-free versions do not.
 // float: Cephes-style range reduction + polynomials (about 1-2 ulp); double: libm.
 
-inline float atan_nonneg(float x) {  // x >= 0, may be +inf
+DETLOSS_INLINE float atan_nonneg(float x) {  // x >= 0, may be +inf
   const bool big = x > 2.414213562373095f;  // tan(3 pi / 8)
   const bool mid = x > 0.4142135623730950f;  // tan(pi / 8)
   const float a = big ? -1.0f / x : (mid ? (x - 1.0f) / (x + 1.0f) : x);
@@ -29,7 +34,7 @@ inline float atan_nonneg(float x) {  // x >= 0, may be +inf
   return base + ((((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z - 3.33329491539e-1f) * z * a + a);
 }
 
-inline float exp_nonpos(float x) {  // x <= 0: exp(x), 0 below float's normal range (1.2e-38)
+DETLOSS_INLINE float exp_nonpos(float x) {  // x <= 0: exp(x), 0 below float's normal range (1.2e-38)
   const float lo = -87.33654f;
   const float xc = x < lo ? lo : x;                           // NaN passes through
   const float m = xc * 1.44269504088896341f + 12582912.0f;    // + 1.5 * 2^23 rounds to an integer n
@@ -42,14 +47,14 @@ inline float exp_nonpos(float x) {  // x <= 0: exp(x), 0 below float's normal ra
   return x < lo ? 0.0f : y * __builtin_bit_cast(float, (k + 127) << 23);
 }
 
-inline float log_1to2(float s) {  // log(s) for s in [1, 2]: 2 atanh(z), z = (s - 1) / (s + 1) <= 1/3
+DETLOSS_INLINE float log_1to2(float s) {  // log(s) for s in [1, 2]: 2 atanh(z), z = (s - 1) / (s + 1) <= 1/3
   const float z = (s - 1.0f) / (s + 1.0f);
   const float w = z * z;
   const float p = ((((((w * (1.0f / 13) + 1.0f / 11) * w + 1.0f / 9) * w + 1.0f / 7) * w + 1.0f / 5) * w + 1.0f / 3) * w + 1.0f);
   return 2.0f * z * p;
 }
 
-inline float log1p_unit(float u) {  // log(1 + u) for u in [0, 1]: log(s) u / (s - 1), s = 1 + u rounded
+DETLOSS_INLINE float log1p_unit(float u) {  // log(1 + u) for u in [0, 1]: log(s) u / (s - 1), s = 1 + u rounded
   const float s = 1.0f + u;
   const float d = s - 1.0f;
   const float safe = d == 0.0f ? 1.0f : d;  // no division by zero: the loop stays branch-free
@@ -58,9 +63,9 @@ inline float log1p_unit(float u) {  // log(1 + u) for u in [0, 1]: log(s) u / (s
 
 template <typename T> struct Math;
 template <> struct Math<float> {
-  static float atan2_pos(float y, float x) { return atan_nonneg(y / x); }
-  static float exp_neg(float x) { return exp_nonpos(x); }
-  static float log1p_unit(float u) { return ::log1p_unit(u); }
+  static DETLOSS_INLINE float atan2_pos(float y, float x) { return atan_nonneg(y / x); }
+  static DETLOSS_INLINE float exp_neg(float x) { return exp_nonpos(x); }
+  static DETLOSS_INLINE float log1p_unit(float u) { return ::log1p_unit(u); }
 };
 template <> struct Math<double> {
   static double atan2_pos(double y, double x) { return std::atan2(y, x); }
@@ -68,12 +73,12 @@ template <> struct Math<double> {
   static double log1p_unit(double u) { return std::log1p(u); }
 };
 
-template <typename T> inline T pos(T v) { return v < T(0) ? T(0) : v; }            // clamp(min=0)
-template <typename T> inline T pass(T v) { return v >= T(0) ? T(1) : T(0); }       // its gradient
-template <typename T> inline T lt(T a, T b) { return a < b ? T(1) : (a == b ? T(0.5) : T(0)); }  // d min(a,b)/da
-template <typename T> inline T gt(T a, T b) { return a > b ? T(1) : (a == b ? T(0.5) : T(0)); }  // d max(a,b)/da
-template <typename T> inline T sgn(T v) { return v > T(0) ? T(1) : (v < T(0) ? T(-1) : T(0)); }
-template <typename T> inline T powi(T b, T e) { return e == T(2) ? b * b : (e == T(1) ? b : std::pow(b, e)); }
+template <typename T> DETLOSS_INLINE T pos(T v) { return v < T(0) ? T(0) : v; }            // clamp(min=0)
+template <typename T> DETLOSS_INLINE T pass(T v) { return v >= T(0) ? T(1) : T(0); }       // its gradient
+template <typename T> DETLOSS_INLINE T lt(T a, T b) { return a < b ? T(1) : (a == b ? T(0.5) : T(0)); }  // d min(a,b)/da
+template <typename T> DETLOSS_INLINE T gt(T a, T b) { return a > b ? T(1) : (a == b ? T(0.5) : T(0)); }  // d max(a,b)/da
+template <typename T> DETLOSS_INLINE T sgn(T v) { return v > T(0) ? T(1) : (v < T(0) ? T(-1) : T(0)); }
+template <typename T> DETLOSS_INLINE T powi(T b, T e) { return e == T(2) ? b * b : (e == T(1) ? b : std::pow(b, e)); }
 
 enum IoUKind { IOU = 0, GIOU = 1, DIOU = 2, CIOU = 3, EIOU = 4, SIOU = 5, SIOU4 = 6 };  // SIOU4: theta = 4
 constexpr double kFourOverPi2 = 0.40528473456935108578;  // 4 / pi^2
@@ -85,9 +90,10 @@ struct IoUOptions {
   double theta; // SIoU shape exponent
 };
 
-// One pair: similarity S and IoU; with GRAD, adds dL/dp and dL/dt given gS = dL/dS, gI = dL/dIoU.
-template <typename T, int K, bool GRAD>
-inline void iou_pair(const T* __restrict p, const T* __restrict t, const T eps, const bool gate, const bool paper,
+// One pair: similarity S and IoU; with GRAD, writes dL/dp (and dL/dt if GT) given gS = dL/dS,
+// gI = dL/dIoU.
+template <typename T, int K, bool GRAD, bool GT>
+DETLOSS_INLINE void iou_pair(const T* __restrict p, const T* __restrict t, const T eps, const bool gate, const bool paper,
                      const T theta, T& S, T& I, T gS, T gI, T* __restrict dp, T* __restrict dt) {
   const T px1 = p[0], py1 = p[1], px2 = p[2], py2 = p[3];
   const T tx1 = t[0], ty1 = t[1], tx2 = t[2], ty2 = t[3];
@@ -240,28 +246,60 @@ inline void iou_pair(const T* __restrict p, const T* __restrict t, const T eps, 
   // corners: iwr = min(x2) - max(x1); dx = (t1 + t2 - p1 - p2) / 2; pwr = x2 - x1
   const T a2 = lt(px2, tx2), a1 = gt(px1, tx1), b2 = lt(py2, ty2), b1 = gt(py1, ty1);
   const T hx = T(0.5) * g_dx, hy = T(0.5) * g_dy;
-  dp[0] = -g_iwr * a1 - hx - g_pwr;
-  dp[1] = -g_ihr * b1 - hy - g_phr;
-  dp[2] = g_iwr * a2 - hx + g_pwr;
-  dp[3] = g_ihr * b2 - hy + g_phr;
-  dt[0] = -g_iwr * (T(1) - a1) + hx - g_twr;
-  dt[1] = -g_ihr * (T(1) - b1) + hy - g_thr;
-  dt[2] = g_iwr * (T(1) - a2) + hx + g_twr;
-  dt[3] = g_ihr * (T(1) - b2) + hy + g_thr;
+  T p0 = -g_iwr * a1 - hx - g_pwr, p1 = -g_ihr * b1 - hy - g_phr;
+  T p2 = g_iwr * a2 - hx + g_pwr, p3 = g_ihr * b2 - hy + g_phr;
+  T t0 = -g_iwr * (T(1) - a1) + hx - g_twr, t1 = -g_ihr * (T(1) - b1) + hy - g_thr;
+  T t2 = g_iwr * (T(1) - a2) + hx + g_twr, t3 = g_ihr * (T(1) - b2) + hy + g_thr;
   if (K != IOU) {  // cw = max(pr, tr) - min(pl, tl), each end routed back to the corner it came from
     const T cr = gt(pr, tr), cl = lt(pl, tl), cb = gt(pb, tb), ct = lt(pt, tt);
     const T g_pr = g_cw * cr, g_tr = g_cw * (T(1) - cr), g_pl = -g_cw * cl, g_tl = -g_cw * (T(1) - cl);
     const T g_pb = g_ch * cb, g_tb = g_ch * (T(1) - cb), g_pt = -g_ch * ct, g_tt = -g_ch * (T(1) - ct);
-    dp[0] += vpx ? g_pl : g_pr;
-    dp[2] += vpx ? g_pr : g_pl;
-    dp[1] += vpy ? g_pt : g_pb;
-    dp[3] += vpy ? g_pb : g_pt;
-    dt[0] += vtx ? g_tl : g_tr;
-    dt[2] += vtx ? g_tr : g_tl;
-    dt[1] += vty ? g_tt : g_tb;
-    dt[3] += vty ? g_tb : g_tt;
+    p0 += vpx ? g_pl : g_pr;
+    p2 += vpx ? g_pr : g_pl;
+    p1 += vpy ? g_pt : g_pb;
+    p3 += vpy ? g_pb : g_pt;
+    t0 += vtx ? g_tl : g_tr;
+    t2 += vtx ? g_tr : g_tl;
+    t1 += vty ? g_tt : g_tb;
+    t3 += vty ? g_tb : g_tt;
+  }
+  dp[0] = p0;
+  dp[1] = p1;
+  dp[2] = p2;
+  dp[3] = p3;
+  if (GT) {
+    dt[0] = t0;
+    dt[1] = t1;
+    dt[2] = t2;
+    dt[3] = t3;
   }
 }
+
+// Upstream gradient of a block, read contiguously by the pair loop whatever its layout: g has
+// element stride s (0: an expanded scalar) or is absent (nullptr: 0). A Staged is filled once
+// when its values do not change from block to block, else copied per block, times `sign`.
+template <typename T, int64_t B>
+struct Staged {
+  alignas(64) T v[B];
+  const T* g;
+  int64_t s;
+  T sign;
+  Staged(const T* g_, int64_t s_, T sign_) : g(g_), s(s_), sign(sign_) {
+    const T c = g ? sign * g[0] : T(0);
+    if (!g || s == 0) {
+      for (int64_t j = 0; j < B; ++j) v[j] = c;
+    }
+  }
+  void load(int64_t b, int64_t m) {
+    if (!g || s == 0) return;
+    if (s == 1) {
+      const T* gb = g + b;
+      for (int64_t j = 0; j < m; ++j) v[j] = sign * gb[j];
+    } else {
+      for (int64_t j = 0; j < m; ++j) v[j] = sign * g[(b + j) * s];
+    }
+  }
+};
 
 template <typename T, int K>
 void iou_forward_loop(const T* p, const T* t, T* loss, T* iou, int64_t n, const IoUOptions& o) {
@@ -277,7 +315,7 @@ void iou_forward_loop(const T* p, const T* t, T* loss, T* iou, int64_t n, const 
 #pragma omp simd
     for (int64_t i = 0; i < m; ++i) {
       T S, I;
-      iou_pair<T, K, false>(pb + 4 * i, tb + 4 * i, eps, gate, paper, theta, S, I, T(0), T(0), nullptr, nullptr);
+      iou_pair<T, K, false, false>(pb + 4 * i, tb + 4 * i, eps, gate, paper, theta, S, I, T(0), T(0), nullptr, nullptr);
       lb[i] = T(1) - S;
       ib[i] = I;
     }
@@ -285,36 +323,44 @@ void iou_forward_loop(const T* p, const T* t, T* loss, T* iou, int64_t n, const 
 }
 
 // gl, gi: upstream gradients of loss and IoU with element strides sl, si (0: broadcast scalar,
-// nullptr: no gradient). dt may be nullptr (target needs no gradient).
-template <typename T, int K>
+// nullptr: no gradient). dt is written only if GT (the target needs a gradient).
+template <typename T, int K, bool GT>
 void iou_backward_loop(const T* p, const T* t, const T* gl, int64_t sl, const T* gi, int64_t si, T* dp, T* dt,
                        int64_t n, const IoUOptions& o) {
-  constexpr int64_t B = 256;  // the upstream gradients of a block are staged in L1, so that the
-                              // pair loop reads them contiguously whatever their layout
+  constexpr int64_t B = 256;
   at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
-    alignas(64) T gS[B], gI[B], scratch[4 * B];
+    Staged<T, B> gS(gl, sl, T(-1)), gI(gi, si, T(1));  // dL/dS = -dL/dloss
     const T eps = T(o.eps), theta = T(o.theta);
     const bool gate = o.gate, paper = o.paper;
     for (int64_t b = lo; b < hi; b += B) {
       const int64_t m = hi - b < B ? hi - b : B;
-      for (int64_t j = 0; j < m; ++j) {
-        gS[j] = gl ? -gl[(b + j) * sl] : T(0);
-        gI[j] = gi ? gi[(b + j) * si] : T(0);
-      }
+      gS.load(b, m);
+      gI.load(b, m);
       const T* pb = p + 4 * b;
       const T* tb = t + 4 * b;
       T* dpb = dp + 4 * b;
-      T* dtb = dt ? dt + 4 * b : scratch;
+      T* dtb = GT ? dt + 4 * b : nullptr;
 #pragma omp simd
       for (int64_t j = 0; j < m; ++j) {
         T S, I;
-        iou_pair<T, K, true>(pb + 4 * j, tb + 4 * j, eps, gate, paper, theta, S, I, gS[j], gI[j], dpb + 4 * j, dtb + 4 * j);
+        iou_pair<T, K, true, GT>(pb + 4 * j, tb + 4 * j, eps, gate, paper, theta, S, I, gS.v[j], gI.v[j], dpb + 4 * j,
+                                dtb + 4 * j);
       }
     }
   });
 }
 
 template <int K> using Int = std::integral_constant<int, K>;
+
+// Calls f(std::true_type{}) or f(std::false_type{}): a runtime flag as a compile-time one.
+template <typename F>
+void with_flag(bool flag, F&& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
 
 // Calls f(Int<kind>{}) so that each kind gets its own loop, with its terms known at compile time.
 template <typename F>
@@ -384,10 +430,12 @@ std::vector<at::Tensor> iou_backward(const at::Tensor& pred, const at::Tensor& t
     TORCH_CHECK(!gl || grad_loss.scalar_type() == pred.scalar_type(), "detloss native kernel: gradient dtype");
     TORCH_CHECK(!gi || grad_iou.scalar_type() == pred.scalar_type(), "detloss native kernel: gradient dtype");
     with_iou_kind(kind, [&](auto k) {
-      iou_backward_loop<scalar_t, decltype(k)::value>(
-          pred.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), static_cast<const scalar_t*>(gl), sl,
-          static_cast<const scalar_t*>(gi), si, dp.data_ptr<scalar_t>(),
-          need_target ? dt.data_ptr<scalar_t>() : nullptr, n, o);
+      with_flag(need_target, [&](auto gt) {
+        iou_backward_loop<scalar_t, decltype(k)::value, decltype(gt)::value>(
+            pred.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), static_cast<const scalar_t*>(gl), sl,
+            static_cast<const scalar_t*>(gi), si, dp.data_ptr<scalar_t>(),
+            need_target ? dt.data_ptr<scalar_t>() : nullptr, n, o);
+      });
     });
   });
   return {dp, dt};
@@ -411,7 +459,7 @@ struct BinaryOptions {
 
 // G2: gamma == 2 (the papers' default), powers by multiplication so that the loop vectorizes.
 template <typename T, int K, bool G2, bool GRAD>
-inline void binary_elem(T x, T y, const T alpha, const T gamma, const bool has_alpha, T& L, T g, T& dx, T& dy) {
+DETLOSS_INLINE void binary_elem(T x, T y, const T alpha, const T gamma, const bool has_alpha, T& L, T g, T& dx, T& dy) {
   const T u = Math<T>::exp_neg(-std::abs(x));  // exp(-|x|)
   const T r = T(1) / (T(1) + u);
   const T p = x >= T(0) ? r : u * r;
@@ -474,27 +522,28 @@ void binary_forward_loop(const T* x, const T* y, T* out, int64_t n, const Binary
   });
 }
 
-template <typename T, int K, bool G2>
+// gy is written only if GY (the target needs a gradient).
+template <typename T, int K, bool G2, bool GY>
 void binary_backward_loop(const T* x, const T* y, const T* g, int64_t sg, T* gx, T* gy, int64_t n,
                           const BinaryOptions& o) {
-  constexpr int64_t B = 512;  // upstream gradient staged per block (it may be an expanded scalar)
+  constexpr int64_t B = 512;
   at::parallel_for(0, n, kGrain * 4, [&](int64_t lo, int64_t hi) {
-    alignas(64) T gb[B], scratch[B];
+    Staged<T, B> gb(g, sg, T(1));
     const T alpha = T(o.alpha), gamma = T(o.gamma);
     const bool has_alpha = o.has_alpha;
     for (int64_t b = lo; b < hi; b += B) {
       const int64_t m = hi - b < B ? hi - b : B;
-      for (int64_t j = 0; j < m; ++j) gb[j] = g[(b + j) * sg];
+      gb.load(b, m);
       const T* xb = x + b;
       const T* yb = y + b;
       T* gxb = gx + b;
-      T* gyb = gy ? gy + b : scratch;
+      T* gyb = GY ? gy + b : nullptr;
 #pragma omp simd
       for (int64_t j = 0; j < m; ++j) {
         T L, dx, dy;
-        binary_elem<T, K, G2, true>(xb[j], yb[j], alpha, gamma, has_alpha, L, gb[j], dx, dy);
+        binary_elem<T, K, G2, true>(xb[j], yb[j], alpha, gamma, has_alpha, L, gb.v[j], dx, dy);
         gxb[j] = dx;
-        gyb[j] = dy;
+        if (GY) gyb[j] = dy;
       }
     }
   });
@@ -502,11 +551,7 @@ void binary_backward_loop(const T* x, const T* y, const T* g, int64_t sg, T* gx,
 
 template <int K, typename F>
 void with_gamma(double gamma, F&& f) {
-  if (gamma == 2.0) {
-    f(Int<K>{}, std::true_type{});
-  } else {
-    f(Int<K>{}, std::false_type{});
-  }
+  with_flag(gamma == 2.0, [&](auto g2) { f(Int<K>{}, g2); });
 }
 
 // Calls f(Int<kind>{}, bool_constant<gamma == 2>{}).
@@ -556,9 +601,11 @@ std::vector<at::Tensor> binary_backward(const at::Tensor& x, const at::Tensor& y
   const BinaryOptions o{alpha, has_alpha, gamma};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "detloss_binary_backward", [&] {
     with_binary_kind(kind, gamma, [&](auto k, auto g2) {
-      binary_backward_loop<scalar_t, decltype(k)::value, decltype(g2)::value>(
-          x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), sg, gx.data_ptr<scalar_t>(),
-          need_target ? gy.data_ptr<scalar_t>() : nullptr, n, o);
+      with_flag(need_target, [&](auto gy_needed) {
+        binary_backward_loop<scalar_t, decltype(k)::value, decltype(g2)::value, decltype(gy_needed)::value>(
+            x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), sg, gx.data_ptr<scalar_t>(),
+            need_target ? gy.data_ptr<scalar_t>() : nullptr, n, o);
+      });
     });
   });
   return {gx, gy};

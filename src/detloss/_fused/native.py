@@ -24,7 +24,13 @@ import torch
 __all__ = ["available", "extension_name", "failure", "module", "source_path"]
 
 _SOURCE = Path(__file__).with_name("kernels.cpp")
-_CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-std=c++17"]  # never -ffast-math
+# (compile flags, link flags), tried in order. OpenMP is what makes at::parallel_for use
+# threads inside the kernel: without -fopenmp the ATen header runs the loop on one thread.
+# A compiler without OpenMP (Apple clang) gets the single-threaded SIMD build. Never -ffast-math.
+_FLAG_SETS: tuple[tuple[list[str], list[str]], ...] = (
+    (["-O3", "-march=native", "-fopenmp", "-std=c++17"], ["-fopenmp"]),
+    (["-O3", "-march=native", "-fopenmp-simd", "-std=c++17"], []),
+)
 _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "module": None, "failure": None}
 
@@ -33,10 +39,10 @@ def source_path() -> Path:
     return _SOURCE
 
 
-def extension_name() -> str:
+def extension_name(flags: int = 0) -> str:
     """``detloss_fused_<hash>``: the hash covers source, flags, torch version and CPU level."""
     digest = hashlib.sha256(_SOURCE.read_bytes())
-    digest.update(" ".join(_CFLAGS).encode())
+    digest.update(" ".join(_FLAG_SETS[flags][0] + _FLAG_SETS[flags][1]).encode())
     digest.update(torch.__version__.encode())
     digest.update(torch.backends.cpu.get_cpu_capability().encode())
     return "detloss_fused_" + digest.hexdigest()[:12]
@@ -77,24 +83,37 @@ def _why_not() -> str | None:
 
 
 def _build() -> ModuleType:
+    """Build with the first flag set that works; a set that failed once here is not retried."""
     from torch.utils import cpp_extension
 
-    name = extension_name()
-    build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
-    if not any(build_dir.glob(f"{name}*.so")):
-        notice = f"detloss: compiling the native kernel once (about a minute) into {build_dir}"
-        print(notice, file=sys.stderr, flush=True)
-    mod = cpp_extension.load(
-        name=name,
-        sources=[str(_SOURCE)],
-        extra_cflags=_CFLAGS,
-        build_directory=str(build_dir),
-        verbose=False,
-    )
-    for stale in build_dir.parent.glob("detloss_fused_*"):  # builds of older sources
-        if stale != build_dir and stale.is_dir():
+    names = [extension_name(i) for i in range(len(_FLAG_SETS))]
+    root = Path(cpp_extension._get_build_directory(names[0], verbose=False)).parent
+    dirs = [root / name for name in names]
+    for stale in root.glob("detloss_fused_*"):  # builds of older sources or flags
+        if stale not in dirs and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
-    return mod
+    error: Exception | None = None
+    for (cflags, ldflags), name, build_dir in zip(_FLAG_SETS, names, dirs):
+        failed = build_dir / "FAILED"
+        if failed.exists():
+            continue
+        build_dir.mkdir(parents=True, exist_ok=True)
+        if not any(build_dir.glob(f"{name}*.so")):
+            notice = f"detloss: compiling the native kernel once (about a minute) into {build_dir}"
+            print(notice, file=sys.stderr, flush=True)
+        try:
+            return cpp_extension.load(
+                name=name,
+                sources=[str(_SOURCE)],
+                extra_cflags=cflags,
+                extra_ldflags=ldflags,
+                build_directory=str(build_dir),
+                verbose=False,
+            )
+        except Exception as exc:  # e.g. no OpenMP: try the next flag set
+            error = exc
+            failed.write_text(str(exc))
+    raise error if error is not None else RuntimeError(f"every build failed before (see {root}/*/FAILED)")
 
 
 def module() -> ModuleType | None:
