@@ -307,9 +307,13 @@ def bench(
     losses: Annotated[str, typer.Option(help="Comma-separated losses (IoU family and binary family).")] = (
         "iou,giou,diou,ciou,eiou,siou,sigmoid_focal,quality_focal,varifocal,binary_cross_entropy"
     ),
-    sizes: Annotated[str, typer.Option(help="Comma-separated sizes: box pairs, or logits (as n/80 x 80).")] = (
-        "1e4,1e5,1e6"
-    ),
+    sizes: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated sizes: box pairs, or logits (as n/80 x 80). "
+            "Default: 1e4,1e5,1e6 pairs; 8e4,8e5,8e6 logits (up to 100,000 anchors x 80 classes)."
+        ),
+    ] = "",
     backends: Annotated[str, typer.Option(help="Comma-separated backends (default: those available here).")] = "",
     repeat: Annotated[int, typer.Option(help="Timed runs per measurement (the median is kept).")] = 7,
     threads: Annotated[int, typer.Option(help="torch threads (0: leave as is).")] = 0,
@@ -332,10 +336,10 @@ def bench(
     for name in names:
         check_choice("detloss bench", "--losses", name, IOU_LOSSES + BINARY_LOSSES)
     try:
-        counts = [int(float(x)) for x in sizes.split(",") if x]
+        counts = [int(float(x)) for x in sizes.split(",") if x] or None
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated numbers, got {sizes!r}", param_hint="--sizes") from None
-    for count in counts:
+    for count in counts or ():
         check_range("detloss bench", "--sizes", count, 1)
     chosen = [x for x in backends.split(",") if x] or None
     for name in chosen or ():

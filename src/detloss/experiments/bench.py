@@ -8,10 +8,13 @@ the binary family) and each implementation:
   training) and of forward + backward, mean reduction, after one warm-up call;
 - ``saved_bytes``: bytes the autograd graph keeps for the backward (unique storages seen by
   ``torch.autograd.graph.saved_tensors_hooks``);
-- ``peak_bytes``: growth of the process's resident memory during one forward + backward,
-  sampled every ~0.1 ms by a thread (CPU; on GPU ``torch.cuda.max_memory_allocated``);
-- ``ratio_vs_floor``: ``fwd_bwd_ms`` over the floor, the time of copying the inputs' bytes
-  once (``impl="floor"`` rows: a clone of prediction and target), measured in the same run;
+- ``peak_bytes``: peak growth of memory during one forward + backward: on CPU the resident
+  set's high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` after the C heap's
+  free pages are returned), on GPU ``torch.cuda.max_memory_allocated``; ``ratio_peak_vs_peer``
+  is it over the fastest peer's;
+- ``ratio_vs_floor``: ``fwd_bwd_ms`` over ``floor_ms``, the time of copying the inputs' bytes
+  once (a clone of prediction and target), timed in turn with that row's forward + backward
+  (``impl="floor"`` rows: the floor timed alone);
 - ``ratio_vs_fastest_peer``: ``fwd_bwd_ms`` over the fastest installed peer's (``None`` if
   no peer implements that loss or none is installed: ``pip install -e .[bench]``);
 - ``compile_s`` (compiled backend): the first call's time, compilation included.
@@ -19,12 +22,12 @@ the binary family) and each implementation:
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import gc
 import importlib.util
 import os
 import statistics
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -35,11 +38,23 @@ import detloss
 from detloss import functional as F
 from detloss.testing import random_boxes
 
-__all__ = ["IOU_LOSSES", "BINARY_LOSSES", "NUM_CLASSES", "available_backends", "peers", "run_bench"]
+__all__ = [
+    "BINARY_LOSSES",
+    "BINARY_SIZES",
+    "IOU_LOSSES",
+    "IOU_SIZES",
+    "NUM_CLASSES",
+    "available_backends",
+    "peers",
+    "report_markdown",
+    "run_bench",
+]
 
 IOU_LOSSES = ("iou", "giou", "diou", "ciou", "eiou", "siou")
 BINARY_LOSSES = ("sigmoid_focal", "quality_focal", "varifocal", "binary_cross_entropy")
 NUM_CLASSES = 80
+IOU_SIZES = (10_000, 100_000, 1_000_000)  # box pairs
+BINARY_SIZES = (80_000, 800_000, 8_000_000)  # logits: 1,000 / 10,000 / 100,000 anchors x 80 classes
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -101,15 +116,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_ms(step: Callable[[], Any], repeat: int, device: torch.device) -> float:
-    times = []
+def _once_s(step: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _median_ms(*steps: Callable[[], Any], repeat: int, device: torch.device) -> list[float]:
+    """Median ms of each step, the steps taken in turn ``repeat`` times (so that a slow spell
+    of a shared machine falls on all of them alike)."""
+    times: list[list[float]] = [[] for _ in steps]
     for _ in range(repeat):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for step, log in zip(steps, times):
+            log.append(_once_s(step, device))
+    return [statistics.median(log) * 1e3 for log in times]
 
 
 def _copy(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -132,12 +154,38 @@ def _saved_bytes(fn: Fn, pred: torch.Tensor, target: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process from ``/proc/self/status``, in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    """Set the kernel's resident-set high-water mark to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _release_free_heap() -> None:
+    """Give the C heap's free pages back (glibc ``malloc_trim``), so that memory the step
+    reuses from earlier frees counts as growth rather than hiding in the baseline."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
 
 
 def _peak_bytes(step: Callable[[], Any], device: torch.device) -> int | None:
+    """Peak memory growth of one ``step``: on CPU the resident-set high-water mark the kernel
+    keeps (exact, whatever thread or native code allocates); on GPU the allocator's peak.
+    ``None`` where neither can be read."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -146,34 +194,16 @@ def _peak_bytes(step: Callable[[], Any], device: torch.device) -> int | None:
         step()
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
-    if not os.path.exists("/proc/self/statm"):
+    _release_free_heap()
+    if not os.path.exists("/proc/self/status") or not _reset_peak_rss():
         return None
-    base = _rss()
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(1e-4)
-
-    import sys
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    try:
-        step()
-        peak[0] = max(peak[0], _rss())
-    finally:
-        done.set()
-        watcher.join()
-        sys.setswitchinterval(interval)
-    return max(peak[0] - base, 0)
+    base = _status_bytes("VmRSS")
+    step()
+    return max(_status_bytes("VmHWM") - base, 0)
 
 
 def _time_impl(fn: Fn, pred: torch.Tensor, target: torch.Tensor, repeat: int, device: torch.device) -> dict[str, Any]:
+    """Times of ``fn``; ``floor_ms`` is the floor timed in turn with its forward + backward."""
     x = pred.detach().clone().requires_grad_(True)
 
     def forward() -> None:
@@ -183,16 +213,14 @@ def _time_impl(fn: Fn, pred: torch.Tensor, target: torch.Tensor, repeat: int, de
         x.grad = None
         fn(x, target).backward()
 
-    start = time.perf_counter()
-    forward_backward()  # warm-up (and compilation, for the compiled backend)
-    _sync(device)
-    first = time.perf_counter() - start
-    fwd = _median_ms(forward, repeat, device)
-    fwd_bwd = _median_ms(forward_backward, repeat, device)
+    first = _once_s(forward_backward, device)  # warm-up (and compilation, for the compiled backend)
+    (fwd,) = _median_ms(forward, repeat=repeat, device=device)
+    fwd_bwd, floor = _median_ms(forward_backward, functools.partial(_copy, pred, target), repeat=repeat, device=device)
     x.grad = None
     return {
         "fwd_ms": round(fwd, 4),
         "fwd_bwd_ms": round(fwd_bwd, 4),
+        "floor_ms": round(floor, 4),
         "saved_bytes": _saved_bytes(fn, pred, target),
         "peak_bytes": _peak_bytes(forward_backward, device),
         "first_call_s": round(first, 3),
@@ -201,7 +229,7 @@ def _time_impl(fn: Fn, pred: torch.Tensor, target: torch.Tensor, repeat: int, de
 
 def run_bench(
     losses: Iterable[str],
-    sizes: Iterable[int],
+    sizes: Iterable[int] | None = None,
     *,
     backends: Iterable[str] | None = None,
     repeat: int = 7,
@@ -209,18 +237,22 @@ def run_bench(
     with_peers: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (loss, impl, n), keys as in DESIGN.md's ``bench`` rows (plus a few)."""
+    """One row per (loss, impl, n), keys as in DESIGN.md's ``bench`` rows (plus a few).
+
+    ``sizes`` applies to every loss; ``None``: :data:`IOU_SIZES` box pairs for the IoU family,
+    :data:`BINARY_SIZES` logits for the binary family.
+    """
     dev = torch.device(device)
     names = list(backends) if backends is not None else available_backends(dev)
     rows: list[dict[str, Any]] = []
     previous = detloss._backend._chosen
     try:
         for loss in losses:
-            for n in sizes:
+            for n in sizes if sizes is not None else (IOU_SIZES if loss in IOU_LOSSES else BINARY_SIZES):
                 pred, target = _inputs(loss, int(n), dev)
                 elements = pred.numel() if loss not in IOU_LOSSES else pred.shape[0]
                 group: list[dict[str, Any]] = []
-                floor = _median_ms(functools.partial(_copy, pred, target), max(repeat, 5), dev)
+                (floor,) = _median_ms(functools.partial(_copy, pred, target), repeat=max(3 * repeat, 15), device=dev)
                 group.append(
                     {
                         "loss": loss,
@@ -228,6 +260,7 @@ def run_bench(
                         "n": elements,
                         "fwd_ms": round(floor, 4),
                         "fwd_bwd_ms": round(floor, 4),
+                        "floor_ms": round(floor, 4),
                         "saved_bytes": 0,
                         "peak_bytes": None,
                     }
@@ -252,11 +285,15 @@ def run_bench(
                     group.append(
                         {"loss": loss, "impl": peer, "n": elements, **_time_impl(fn, pred, target, repeat, dev)}
                     )
-                peer_times = [r["fwd_bwd_ms"] for r in group if r["impl"] not in names and r["impl"] != "floor"]
-                fastest = min(peer_times) if peer_times else None
+                peer_rows = [r for r in group if r["impl"] not in names and r["impl"] != "floor"]
+                fastest = min(peer_rows, key=lambda r: r["fwd_bwd_ms"]) if peer_rows else None
                 for r in group:
-                    r["ratio_vs_fastest_peer"] = round(r["fwd_bwd_ms"] / fastest, 4) if fastest else None
-                    r["ratio_vs_floor"] = round(r["fwd_bwd_ms"] / floor, 3) if floor > 0 else None
+                    r["ratio_vs_fastest_peer"] = round(r["fwd_bwd_ms"] / fastest["fwd_bwd_ms"], 4) if fastest else None
+                    peer_peak = fastest["peak_bytes"] if fastest else None
+                    r["ratio_peak_vs_peer"] = (
+                        round(r["peak_bytes"] / peer_peak, 4) if peer_peak and r["peak_bytes"] is not None else None
+                    )
+                    r["ratio_vs_floor"] = round(r["fwd_bwd_ms"] / r["floor_ms"], 3) if r["floor_ms"] > 0 else None
                     r["saved_bytes_per_element"] = round(r["saved_bytes"] / max(elements, 1), 2)
                 rows += group
     finally:
@@ -270,17 +307,19 @@ def report_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "# detloss bench",
         "",
         f"torch {header.get('torch_version')}, {header.get('threads')} threads, device {header.get('device')}; "
-        f"median of {header.get('repeat')} runs. `floor` = copying the inputs once (same run). "
-        "Ratios are forward+backward times.",
+        f"median of {header.get('repeat')} runs. `floor` = copying the inputs once; `x floor` divides by the "
+        "floor timed in turn with that row's forward+backward. Time ratios are forward+backward times; "
+        "`peak x peer` is peak memory growth over the fastest peer's.",
         "",
-        "| loss | impl | n | fwd ms | fwd+bwd ms | x floor | x fastest peer | saved B/elem | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| loss | impl | n | fwd ms | fwd+bwd ms | x floor | x fastest peer | saved B/elem | peak MB | peak x peer |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         peer = "" if r["ratio_vs_fastest_peer"] is None else f"{r['ratio_vs_fastest_peer']:.3f}"
         peak = "" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
+        peak_peer = "" if r.get("ratio_peak_vs_peer") is None else f"{r['ratio_peak_vs_peer']:.3f}"
         lines.append(
             f"| {r['loss']} | {r['impl']} | {r['n']:,} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
-            f"{r['ratio_vs_floor']:.2f} | {peer} | {r['saved_bytes_per_element']:g} | {peak} |"
+            f"{r['ratio_vs_floor']:.2f} | {peer} | {r['saved_bytes_per_element']:g} | {peak} | {peak_peer} |"
         )
     return "\n".join(lines) + "\n"
