@@ -494,6 +494,19 @@ def test_compiled_equals_eager_without_graph_break() -> None:
     torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_bench_peak_memory_sees_a_known_allocation() -> None:
+    """The peak is the kernel's RSS high-water mark: a 64 MiB temporary shows, nothing does not."""
+    from detloss.experiments.bench import _peak_bytes
+
+    size = 64 * 2**20
+    peak = _peak_bytes(lambda: torch.ones(size // 4).sum(), torch.device("cpu"))
+    if peak is None:
+        pytest.skip("no /proc/self/clear_refs here")
+    assert size <= peak < size + 8 * 2**20
+    idle = _peak_bytes(lambda: None, torch.device("cpu"))
+    assert idle is not None and idle < 2**20
+
+
 def test_bench_command_writes_rows(tmp_path) -> None:
     from detloss.cli import main
 
@@ -503,8 +516,10 @@ def test_bench_command_writes_rows(tmp_path) -> None:
     result = json.loads((tmp_path / "results.json").read_text())
     assert {"command", "args", "detloss_version", "torch_version", "seconds", "rows"} <= set(result)
     keys = {"loss", "impl", "n", "fwd_ms", "fwd_bwd_ms", "saved_bytes", "peak_bytes"}
-    keys |= {"ratio_vs_fastest_peer", "ratio_vs_floor"}
+    keys |= {"ratio_vs_fastest_peer", "ratio_vs_floor", "floor_ms", "ratio_peak_vs_peer"}
     assert result["rows"] and all(keys <= set(row) for row in result["rows"])
+    for row in result["rows"]:  # each ratio is its row's own numbers
+        assert row["ratio_vs_floor"] == pytest.approx(row["fwd_bwd_ms"] / row["floor_ms"], rel=1e-2, abs=1e-3)
     impls = {row["impl"] for row in result["rows"]}
     assert {"reference", "fused", "floor"} <= impls
     assert all(math.isfinite(row["fwd_bwd_ms"]) for row in result["rows"])
