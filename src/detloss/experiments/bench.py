@@ -13,8 +13,8 @@ the binary family) and each implementation:
   free pages are returned), on GPU ``torch.cuda.max_memory_allocated``; ``ratio_peak_vs_peer``
   is it over the fastest peer's;
 - ``ratio_vs_floor``: ``fwd_bwd_ms`` over ``floor_ms``, the time of copying the inputs' bytes
-  once (a clone of prediction and target), timed in turn with that row's forward + backward
-  (``impl="floor"`` rows: the floor timed alone);
+  once (prediction and target into buffers made beforehand), timed in turn with that row's
+  forward + backward (``impl="floor"`` rows: the floor timed alone);
 - ``ratio_vs_fastest_peer``: ``fwd_bwd_ms`` over the fastest installed peer's (``None`` if
   no peer implements that loss or none is installed: ``pip install -e .[bench]``);
 - ``compile_s`` (compiled backend): the first call's time, compilation included.
@@ -23,7 +23,6 @@ the binary family) and each implementation:
 from __future__ import annotations
 
 import ctypes
-import functools
 import gc
 import importlib.util
 import os
@@ -134,10 +133,16 @@ def _median_ms(*steps: Callable[[], Any], repeat: int, device: torch.device) -> 
     return [statistics.median(log) * 1e3 for log in times]
 
 
-def _copy(pred: torch.Tensor, target: torch.Tensor) -> None:
-    """The memory floor: read and write the inputs' bytes once."""
-    pred.clone()
-    target.clone()
+def _floor(pred: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
+    """The memory floor: read the inputs' bytes and write as many, into buffers made once (no
+    allocation, so neither page faults nor the allocator's state after another step count)."""
+    out_pred, out_target = torch.empty_like(pred), torch.empty_like(target)
+
+    def copy() -> None:
+        out_pred.copy_(pred)
+        out_target.copy_(target)
+
+    return copy
 
 
 def _saved_bytes(fn: Fn, pred: torch.Tensor, target: torch.Tensor) -> int:
@@ -215,7 +220,7 @@ def _time_impl(fn: Fn, pred: torch.Tensor, target: torch.Tensor, repeat: int, de
 
     first = _once_s(forward_backward, device)  # warm-up (and compilation, for the compiled backend)
     (fwd,) = _median_ms(forward, repeat=repeat, device=device)
-    fwd_bwd, floor = _median_ms(forward_backward, functools.partial(_copy, pred, target), repeat=repeat, device=device)
+    fwd_bwd, floor = _median_ms(forward_backward, _floor(pred, target), repeat=repeat, device=device)
     x.grad = None
     return {
         "fwd_ms": round(fwd, 4),
@@ -252,7 +257,7 @@ def run_bench(
                 pred, target = _inputs(loss, int(n), dev)
                 elements = pred.numel() if loss not in IOU_LOSSES else pred.shape[0]
                 group: list[dict[str, Any]] = []
-                (floor,) = _median_ms(functools.partial(_copy, pred, target), repeat=max(3 * repeat, 15), device=dev)
+                (floor,) = _median_ms(_floor(pred, target), repeat=max(3 * repeat, 15), device=dev)
                 group.append(
                     {
                         "loss": loss,
