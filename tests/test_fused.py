@@ -502,7 +502,7 @@ def test_bench_peak_memory_sees_a_known_allocation() -> None:
     peak = _peak_bytes(lambda: torch.ones(size // 4).sum(), torch.device("cpu"))
     if peak is None:
         pytest.skip("no /proc/self/clear_refs here")
-    assert size <= peak < size + 8 * 2**20
+    assert size - 2**20 <= peak < size + 8 * 2**20  # growth: pages freed meanwhile (< 1 MiB) offset it
     idle = _peak_bytes(lambda: None, torch.device("cpu"))
     assert idle is not None and idle < 2**20
 
