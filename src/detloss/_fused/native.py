@@ -5,7 +5,8 @@
 torch version and the CPU's instruction set, so a changed kernel or another machine gets its
 own build and an unchanged one is loaded in well under a second. The first build prints one
 line to stderr. Without a compiler (or ninja) the build is not attempted, and on any build
-error ``module()`` returns ``None``: the callers then use the pure-torch path, with no error.
+error ``module()`` returns ``None``: the losses then run the reference path (see
+:mod:`detloss._backend`), with no error.
 """
 
 from __future__ import annotations
@@ -126,9 +127,9 @@ def module() -> ModuleType | None:
             if reason is None:
                 try:
                     _state["module"] = _build()
-                except Exception as exc:  # a failed build means "use the pure-torch path"
+                except Exception as exc:  # a failed build means "run the reference path"
                     reason = f"build failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}"
-                    print(f"detloss: native kernel unavailable ({reason}); using the pure-torch path", file=sys.stderr)
+                    print(f"detloss: native kernel unavailable ({reason}); using the reference path", file=sys.stderr)
             _state["failure"] = reason
             _state["tried"] = True
     return _state["module"]  # type: ignore[return-value]
