@@ -115,3 +115,35 @@ def test_half_inputs_give_finite_float32_close_to_float64(key: str, dtype: torch
     assert out.dtype == torch.float32
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), call(key, rounded, reduction="none"), atol=2e-4, rtol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("backend", ["fused", "native", "compiled"])
+@pytest.mark.parametrize("key", LOSSES)
+def test_every_backend_gives_the_reference_values_and_gradients(key: str, backend: str, dtype: torch.dtype) -> None:
+    """Whatever part of a loss a backend runs (the IoU kernel, the binary family, or nothing),
+    the loss's values and gradients are the reference path's to float rounding."""
+    import detloss
+    from detloss._fused import native
+
+    if backend == "native" and not native.available():
+        pytest.skip(f"native kernel unavailable: {native.failure()}")
+    if backend == "compiled" and dtype == torch.float64:
+        pytest.skip("one dtype is enough for the compiled path (a compile per loss)")
+    results = []
+    try:
+        for name in ("reference", backend):
+            detloss.set_backend(name)
+            inputs = sample_inputs(key, 64, dtype=dtype, seed=4)
+            values = call(key, inputs, reduction="none")
+            weight = torch.rand(values.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+            (values * weight.to(values.dtype)).sum().backward()
+            results.append((values.detach(), [x.grad for x in inputs if x.requires_grad]))
+    finally:
+        detloss.set_backend(None)
+    (ref_values, ref_grads), (values, grads) = results
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    torch.testing.assert_close(values, ref_values, **tol)
+    assert len(grads) == len(ref_grads) > 0
+    for grad, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref, **tol)
