@@ -352,14 +352,15 @@ def upstream(layout: str, shape: torch.Size, dtype: torch.dtype, seed: int) -> t
     return torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float32: the AVX-512 transpose
 @pytest.mark.parametrize("kind,options", [("giou", {}), ("ciou", {}), ("siou", {})], ids=["giou", "ciou", "siou"])
-def test_native_iou_loops_many_blocks_every_gradient_layout(kind: str, options: dict) -> None:
+def test_native_iou_loops_many_blocks_every_gradient_layout(kind: str, options: dict, dtype: torch.dtype) -> None:
     """Several threads' chunks and blocks, a partial block, each upstream layout on each output."""
     need("native")
-    p, t = cases(torch.float64)
+    p, t = cases(dtype)
     reps = (3 * 2048 + 77) // p.shape[0] + 1
     p, t = p.repeat(reps, 1)[: 3 * 2048 + 77], t.repeat(reps, 1)[: 3 * 2048 + 77]
-    p = p + torch.arange(p.shape[0], dtype=torch.float64)[:, None] * 1e-3  # no two rows alike
+    p = p + torch.arange(p.shape[0], dtype=dtype)[:, None] * 1e-3  # no two rows alike
     with torch_threads(2):
         for layout_loss, layout_iou in [(a, b) for a in LAYOUTS for b in ("absent", "dense")]:
             if layout_loss == layout_iou == "absent":
@@ -379,7 +380,7 @@ def test_native_iou_loops_many_blocks_every_gradient_layout(kind: str, options: 
                     torch.autograd.backward(list(outputs), list(grads))
                     results.append((loss.detach(), ps.grad, ts.grad))
                 for a, e in zip(results[1], results[0]):
-                    close(a, e, torch.float64)
+                    close(a, e, dtype)
 
 
 @pytest.mark.parametrize("kind,alpha,gamma", [("focal", 0.25, 2.0), ("quality", None, 2.0), ("varifocal", 0.75, 2.0)])
