@@ -40,10 +40,12 @@ def source_path() -> Path:
     return _SOURCE
 
 
-def extension_name(flags: int = 0) -> str:
-    """``detloss_fused_<hash>``: the hash covers source, flags, torch version and CPU level."""
+def extension_name(flag_set: int = 0) -> str:
+    """``detloss_fused_<hash>`` of the build with ``_FLAG_SETS[flag_set]``: the hash covers
+    source, flags, torch version and CPU level."""
+    cflags, ldflags = _FLAG_SETS[flag_set]
     digest = hashlib.sha256(_SOURCE.read_bytes())
-    digest.update(" ".join(_FLAG_SETS[flags][0] + _FLAG_SETS[flags][1]).encode())
+    digest.update(" ".join(cflags + ldflags).encode())
     digest.update(torch.__version__.encode())
     digest.update(torch.backends.cpu.get_cpu_capability().encode())
     return "detloss_fused_" + digest.hexdigest()[:12]

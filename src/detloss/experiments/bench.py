@@ -322,7 +322,7 @@ def report_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     for r in rows:
         peer = "" if r["ratio_vs_fastest_peer"] is None else f"{r['ratio_vs_fastest_peer']:.3f}"
         peak = "" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
-        peak_peer = "" if r.get("ratio_peak_vs_peer") is None else f"{r['ratio_peak_vs_peer']:.3f}"
+        peak_peer = "" if r["ratio_peak_vs_peer"] is None else f"{r['ratio_peak_vs_peer']:.3f}"
         lines.append(
             f"| {r['loss']} | {r['impl']} | {r['n']:,} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
             f"{r['ratio_vs_floor']:.2f} | {peer} | {r['saved_bytes_per_element']:g} | {peak} | {peak_peer} |"
