@@ -15,6 +15,7 @@ __all__ = [
     "check_flag",
     "check_floating",
     "check_range",
+    "check_rotated_boxes",
     "check_same_device",
     "check_same_shape",
     "upcast",
@@ -51,6 +52,15 @@ def check_boxes(where: str, name: str, t: Any) -> None:
     check_floating(where, name, t)
     if t.dim() == 0 or t.shape[-1] != 4:
         raise DetLossError.bad_argument(where, name, "last dimension 4", f"shape {_shape(t)}")
+
+
+def check_rotated_boxes(where: str, name: str, t: Any, box_format: str) -> None:
+    """Raise unless ``t`` is a floating tensor of shape ``(..., 5)`` (``cxcywha``) or
+    ``(..., 8)`` (``xyxyxyxy``); ``box_format`` must already be checked."""
+    check_floating(where, name, t)
+    size = 8 if box_format == "xyxyxyxy" else 5
+    if t.dim() == 0 or t.shape[-1] != size:
+        raise DetLossError.bad_argument(where, name, f"last dimension {size} ({box_format})", f"shape {_shape(t)}")
 
 
 def check_same_shape(where: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:

@@ -6,10 +6,27 @@ from typing import Literal
 
 import torch
 
-__all__ = ["AvgFactor", "BoxFormat", "IoUKind", "Reduction"]
+__all__ = [
+    "AngleUnit",
+    "AvgFactor",
+    "BoxFormat",
+    "GaussianKind",
+    "IoUKind",
+    "Reduction",
+    "RotatedBoxFormat",
+    "RotatedIoUKind",
+]
 
 #: Box layouts: corners, left-top-width-height (seed 004), centre-width-height.
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
+#: Rotated box layouts: centre, sides and angle; or the four corners (``detloss.boxes.rotated``).
+RotatedBoxFormat = Literal["cxcywha", "xyxyxyxy"]
+#: Unit of the angle of ``cxcywha`` boxes.
+AngleUnit = Literal["rad", "deg"]
+#: Overlap measures of rotated boxes (exact polygon areas).
+RotatedIoUKind = Literal["iou", "giou"]
+#: Distances between rotated boxes seen as Gaussians.
+GaussianKind = Literal["bhattacharyya", "kld", "gwd"]
 #: Overlap measures computed by the one geometry kernel in :mod:`detloss.boxes.iou`.
 IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou"]
 #: How a loss tensor is reduced.

@@ -42,18 +42,23 @@ __all__ = [
     "FocalLoss",
     "GHMCLoss",
     "GIoULoss",
+    "GWDLoss",
     "HingeLoss",
     "HuberLoss",
     "InnerIoULoss",
     "IoUAwareLoss",
     "IoULoss",
+    "KFIoULoss",
+    "KLDLoss",
     "KLDivDistillLoss",
     "L1Loss",
     "L2Loss",
     "LossModule",
     "MPDIoULoss",
     "NWDLoss",
+    "ProbIoULoss",
     "QualityFocalLoss",
+    "RotatedIoULoss",
     "SIoULoss",
     "SigmoidFocalLoss",
     "SmoothL1Loss",
@@ -133,6 +138,11 @@ AlphaIoULoss = loss_module(F.alpha_iou_loss, "AlphaIoULoss")
 MPDIoULoss = loss_module(F.mpdiou_loss, "MPDIoULoss")
 InnerIoULoss = loss_module(F.inner_iou_loss, "InnerIoULoss")
 NWDLoss = loss_module(F.nwd_loss, "NWDLoss")
+RotatedIoULoss = loss_module(F.rotated_iou_loss, "RotatedIoULoss")
+ProbIoULoss = loss_module(F.probiou_loss, "ProbIoULoss")
+KLDLoss = loss_module(F.kld_loss, "KLDLoss")
+GWDLoss = loss_module(F.gwd_loss, "GWDLoss")
+KFIoULoss = loss_module(F.kfiou_loss, "KFIoULoss")
 
 
 class WiseIoUState(LossModule):

@@ -25,9 +25,18 @@ __all__ = ["LOSSES", "LossSpec", "available_losses", "build_loss", "get_spec"]
 #: ``(N, C)`` and integer labels ``(N,)``; ``distribution``: bin logits ``(N, 4, R + 1)`` and
 #: continuous targets ``(N, 4)`` in ``[0, R]``; ``distill``: student and teacher logits
 #: ``(N, C)``; ``iou_aware``: IoU logits ``(N,)``, pred and target boxes ``(N, 4)``;
-#: ``signed_scores``: real scores ``(N,)`` and labels in ``{-1, +1}``.
+#: ``signed_scores``: real scores ``(N,)`` and labels in ``{-1, +1}``; ``rotated_boxes``: pred and
+#: target rotated boxes ``(N, 5)`` in ``cxcywha`` (radians).
 InputKind = Literal[
-    "boxes", "values", "binary_logits", "class_logits", "distribution", "distill", "iou_aware", "signed_scores"
+    "boxes",
+    "values",
+    "binary_logits",
+    "class_logits",
+    "distribution",
+    "distill",
+    "iou_aware",
+    "signed_scores",
+    "rotated_boxes",
 ]
 
 
@@ -149,6 +158,27 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec(
             "nwd", F.nwd_loss, N.NWDLoss, "boxes",
             "Wang et al., Normalized Gaussian Wasserstein Distance, arXiv 2110.13389", 2021,
+        ),
+        # ---- rotated boxes
+        LossSpec(
+            "rotated_iou", F.rotated_iou_loss, N.RotatedIoULoss, "rotated_boxes",
+            "Yu et al., UnitBox, ACM MM (IoU); Rezatofighi et al., Generalized IoU, CVPR (GIoU)", 2016,
+        ),
+        LossSpec(
+            "probiou", F.probiou_loss, N.ProbIoULoss, "rotated_boxes",
+            "Llerena et al., Gaussian Bounding Boxes and Probabilistic IoU, arXiv 2106.06072", 2021,
+        ),
+        LossSpec(
+            "kld", F.kld_loss, N.KLDLoss, "rotated_boxes",
+            "Yang et al., Rotated Object Detection via Kullback-Leibler Divergence, NeurIPS", 2021,
+        ),
+        LossSpec(
+            "gwd", F.gwd_loss, N.GWDLoss, "rotated_boxes",
+            "Yang et al., Rotated Object Detection with Gaussian Wasserstein Distance Loss, ICML", 2021,
+        ),
+        LossSpec(
+            "kfiou", F.kfiou_loss, N.KFIoULoss, "rotated_boxes",
+            "Yang et al., The KFIoU Loss for Rotated Object Detection, ICLR", 2023,
         ),
     )
 }

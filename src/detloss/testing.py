@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["NUM_CLASSES", "REG_MAX", "random_boxes", "sample_inputs"]
+__all__ = ["NUM_CLASSES", "REG_MAX", "random_boxes", "random_rotated_boxes", "sample_inputs"]
 
 #: Classes in the sampled logits, and the largest bin of the sampled distributions (17 bins).
 NUM_CLASSES = 5
@@ -22,6 +22,24 @@ def random_boxes(n: int, *, generator: torch.Generator, dtype: torch.dtype = tor
     centre = torch.rand(n, 2, generator=generator, dtype=torch.float64) * 100
     size = torch.exp(torch.rand(n, 2, generator=generator, dtype=torch.float64) * torch.log(torch.tensor(50.0)))
     return torch.cat((centre - size / 2, centre + size / 2), dim=-1).to(dtype)
+
+
+def random_rotated_boxes(n: int, *, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``n`` rotated ``cxcywha`` boxes: centres in [0, 100]^2, sides log-uniform in [1, 50],
+    angles uniform in [-pi, pi) (radians)."""
+    centre = torch.rand(n, 2, generator=generator, dtype=torch.float64) * 100
+    size = torch.exp(torch.rand(n, 2, generator=generator, dtype=torch.float64) * torch.log(torch.tensor(50.0)))
+    angle = (torch.rand(n, 1, generator=generator, dtype=torch.float64) * 2 - 1) * torch.pi
+    return torch.cat((centre, size, angle), dim=-1).to(dtype)
+
+
+def _jitter_rotated(boxes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Rotated boxes near ``boxes`` (most pairs overlap): the centre moved by up to 30% of the
+    sides, the sides scaled by up to e^(+-0.3), the angle turned by up to 0.3 rad."""
+    noise = torch.rand(boxes.shape, generator=generator, dtype=boxes.dtype) * 2 - 1
+    centre = boxes[:, :2] + 0.3 * noise[:, :2] * boxes[:, 2:4]
+    size = boxes[:, 2:4] * torch.exp(0.3 * noise[:, 2:4])
+    return torch.cat((centre, size, boxes[:, 4:] + 0.3 * noise[:, 4:]), dim=-1)
 
 
 def _jitter(boxes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -80,6 +98,9 @@ def sample_inputs(
     if kind == "iou_aware":
         target = random_boxes(n, generator=g)
         return grad(normal(n, scale=2.0)), grad(_jitter(target, g)), target.to(dtype)
+    if kind == "rotated_boxes":
+        target = random_rotated_boxes(n, generator=g)
+        return grad(_jitter_rotated(target, g)), target.to(dtype)
     if kind == "signed_scores":
         labels = torch.randint(0, 2, (n,), generator=g).double() * 2 - 1
         return grad(normal(n, scale=2.0)), labels.to(dtype)

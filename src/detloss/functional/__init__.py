@@ -30,6 +30,7 @@ from detloss.functional.iou import (
     wiou_loss,
 )
 from detloss.functional.regression import balanced_l1_loss, huber_loss, l1_loss, l2_loss, smooth_l1_loss
+from detloss.functional.rotated import gwd_loss, kfiou_loss, kld_loss, probiou_loss, rotated_iou_loss
 
 __all__ = [
     "alpha_iou_loss",
@@ -45,18 +46,23 @@ __all__ = [
     "focal_eiou_loss",
     "ghm_c_loss",
     "giou_loss",
+    "gwd_loss",
     "hinge_loss",
     "huber_loss",
     "inner_iou_loss",
     "iou_aware_loss",
     "iou_aware_score",
     "iou_loss",
+    "kfiou_loss",
     "kl_div_distill_loss",
+    "kld_loss",
     "l1_loss",
     "l2_loss",
     "mpdiou_loss",
     "nwd_loss",
+    "probiou_loss",
     "quality_focal_loss",
+    "rotated_iou_loss",
     "sigmoid_focal_loss",
     "siou_loss",
     "smooth_l1_loss",
