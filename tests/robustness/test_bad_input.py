@@ -20,7 +20,19 @@ import torch
 
 import detloss
 from detloss import available_losses, build_loss
-from detloss.boxes import BoxCoder, aligned_iou, area, convert, pairwise_iou
+from detloss.boxes import (
+    BoxCoder,
+    aligned_iou,
+    area,
+    convert,
+    convert_rotated,
+    gaussian_distance,
+    kfiou,
+    pairwise_iou,
+    pairwise_rotated_iou,
+    rotated_iou,
+    rotated_nms,
+)
 from detloss.errors import DetLossError
 from detloss.nn import function_options
 from detloss.reduction import reduce_loss
@@ -32,7 +44,7 @@ LOSSES = available_losses()
 #: probability, an exponent, a scale, a count, a smoothing amount, a bin count).
 NON_NEGATIVE = {
     "alpha", "gamma", "beta", "eps", "delta", "ratio", "temperature", "theta", "constant", "momentum",
-    "bins", "label_smoothing", "pos_weight", "iou_mean",
+    "bins", "label_smoothing", "pos_weight", "iou_mean", "tau",
 }  # fmt: skip
 
 
@@ -87,11 +99,11 @@ def test_batch_size_mismatch(key: str) -> None:
 
 @pytest.mark.parametrize("key", LOSSES)
 def test_wrong_last_dimension(key: str) -> None:
-    """Boxes must have 4 numbers; elementwise targets must match their prediction."""
+    """Boxes must have 4 numbers (rotated boxes 5); elementwise targets must match their prediction."""
     names = input_names(key)
     kind = get_spec(key).inputs
     good = sample_inputs(key, 3, requires_grad=False)
-    if kind == "boxes":
+    if kind in ("boxes", "rotated_boxes"):
         which = [0, 1]
     elif kind == "iou_aware":
         which = [1, 2]
@@ -101,7 +113,8 @@ def test_wrong_last_dimension(key: str) -> None:
         pytest.skip(f"input kind {kind!r}: the last dimension is free (number of classes)")
     for i in which:
         wide = torch.cat((good[i], good[i][..., :1]), dim=-1)
-        expect_error(key, names if kind not in ("boxes", "iou_aware") else names[i], replaced(good, i, wide))
+        named = names[i] if kind in ("boxes", "iou_aware", "rotated_boxes") else names
+        expect_error(key, named, replaced(good, i, wide))
 
 
 @pytest.mark.parametrize("key", LOSSES)
@@ -118,7 +131,7 @@ def test_zero_dimensional_prediction(key: str) -> None:
 def differentiated(key: str) -> list[int]:
     kind = get_spec(key).inputs
     idx = [i for i, t in enumerate(sample_inputs(key, 1)) if t.requires_grad]
-    if kind == "boxes":
+    if kind in ("boxes", "rotated_boxes"):
         idx = [0, 1]  # box targets are boxes: floating too
     if kind == "iou_aware":
         idx = [0, 1, 2]
@@ -361,6 +374,79 @@ def test_geometry_bad_tensors(fn: Any) -> None:
     else:
         with pytest.raises(DetLossError, match="`boxes1`"):
             fn(BOXES[None], BOXES)
+
+
+ROTATED = torch.tensor([[0.0, 0.0, 2.0, 1.0, 0.3], [1.0, 1.0, 3.0, 2.0, -0.4]])
+
+
+@pytest.mark.parametrize(
+    ("fn", "kwargs", "name"),
+    [
+        (rotated_iou, {"kind": "diou"}, "kind"),
+        (rotated_iou, {"box_format": "xywhr"}, "box_format"),
+        (rotated_iou, {"angle_unit": "grad"}, "angle_unit"),
+        (rotated_iou, {"eps": 0.0}, "eps"),
+        (pairwise_rotated_iou, {"kind": "ciou"}, "kind"),
+        (pairwise_rotated_iou, {"box_format": "cxcywh"}, "box_format"),
+        (pairwise_rotated_iou, {"eps": math.nan}, "eps"),
+        (gaussian_distance, {"kind": "hellinger"}, "kind"),
+        (gaussian_distance, {"angle_unit": "turns"}, "angle_unit"),
+        (gaussian_distance, {"eps": 2.0}, "eps"),
+        (kfiou, {"box_format": "xyxy"}, "box_format"),
+    ],
+)
+def test_rotated_geometry_unknown_names_and_ranges(fn: Any, kwargs: dict[str, Any], name: str) -> None:
+    with pytest.raises(DetLossError, match=f"`{name}`"):
+        fn(ROTATED, ROTATED, **kwargs)
+
+
+@pytest.mark.parametrize("fn", [rotated_iou, pairwise_rotated_iou, gaussian_distance, kfiou])
+def test_rotated_geometry_bad_tensors(fn: Any) -> None:
+    names = ("boxes1", "boxes2") if fn is pairwise_rotated_iou else ("pred", "target")
+    for bad, which in (
+        (ROTATED[:, :4], 0),  # an upright box
+        (ROTATED.long(), 0),
+        (ROTATED.tolist(), 0),
+        (torch.tensor(1.0), 1),
+        (ROTATED.to("meta"), 1),
+    ):
+        args = (bad, ROTATED) if which == 0 else (ROTATED, bad)
+        with pytest.raises(DetLossError, match=f"`{names[which]}`"):
+            fn(*args)
+    with pytest.raises(DetLossError, match=f"`{names[0]}`.*last dimension 8"):
+        fn(ROTATED, ROTATED, box_format="xyxyxyxy")
+    if fn is pairwise_rotated_iou:
+        with pytest.raises(DetLossError, match="`boxes1`"):
+            fn(ROTATED[None], ROTATED)
+    else:
+        with pytest.raises(DetLossError, match="`target`"):
+            fn(ROTATED, torch.zeros(3, 5))  # 2 and 3 pairs do not broadcast
+
+
+def test_convert_rotated_and_nms_bad_arguments() -> None:
+    with pytest.raises(DetLossError, match="`in_fmt`"):
+        convert_rotated(ROTATED, "xywhr", "xyxyxyxy")  # type: ignore[arg-type]
+    with pytest.raises(DetLossError, match="`out_fmt`"):
+        convert_rotated(ROTATED, "cxcywha", "xyxy")  # type: ignore[arg-type]
+    with pytest.raises(DetLossError, match="`angle_unit`"):
+        convert_rotated(ROTATED, "cxcywha", "xyxyxyxy", angle_unit="gon")  # type: ignore[arg-type]
+    with pytest.raises(DetLossError, match="`boxes`"):
+        convert_rotated(ROTATED, "xyxyxyxy", "cxcywha")
+    scores = torch.tensor([0.9, 0.1])
+    with pytest.raises(DetLossError, match="`scores`"):
+        rotated_nms(ROTATED, scores[:1], 0.5)
+    with pytest.raises(DetLossError, match="`scores`"):
+        rotated_nms(ROTATED, scores.long(), 0.5)
+    with pytest.raises(DetLossError, match="`boxes`"):
+        rotated_nms(ROTATED[None], scores, 0.5)
+    with pytest.raises(DetLossError, match="`boxes`"):
+        rotated_nms(ROTATED[:, :4], scores, 0.5)
+    with pytest.raises(DetLossError, match="`iou_threshold`"):
+        rotated_nms(ROTATED, scores, math.nan)
+    with pytest.raises(DetLossError, match="`iou_threshold`"):
+        rotated_nms(ROTATED, scores, 1.5)
+    with pytest.raises(DetLossError, match="`box_format`"):
+        rotated_nms(ROTATED, scores, 0.5, box_format="cxcywh")  # type: ignore[arg-type]
 
 
 def test_convert_area_coder_bad_arguments() -> None:

@@ -2,15 +2,17 @@
 
 The seeded generators of :mod:`detloss.experiments.fuzz` build structured cases (touching,
 nested, ...); here hypothesis draws the numbers themselves (every coordinate anywhere in
-[-1e6, 1e6], so inverted, degenerate and far-apart boxes come up by chance too; logits in
-[-1e4, 1e4]; targets at exactly 0 and 1 or anywhere between) and shrinks a failure to a
-small example. The same checks run: finite value, finite gradient, agreement with float64.
+[-1e6, 1e6], so inverted, degenerate and far-apart boxes come up by chance too; rotated
+boxes with such centres and sides and angles anywhere in [-1e3, 1e3] rad or at multiples of
+pi/2; logits in [-1e4, 1e4]; targets at exactly 0 and 1 or anywhere between) and shrinks a
+failure to a small example. The same checks run: finite value, finite gradient, agreement with float64.
 
 ``DETLOSS_FUZZ=long`` raises the number of examples per loss from 12 to 300.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -33,6 +35,7 @@ KNOWN_KINDS = (
     "distill",
     "iou_aware",
     "signed_scores",
+    "rotated_boxes",
 )
 LOSSES = [k for k in available_losses() if get_spec(k).inputs in KNOWN_KINDS]
 
@@ -42,6 +45,11 @@ coordinate = st.one_of(
     st.sampled_from([0.0, 1e-6, -1e-6, 1.0, 1e6, -1e6]),
 )
 logit = st.one_of(st.floats(-1e4, 1e4, allow_nan=False), st.sampled_from([0.0, 17.0, -17.0, 88.0, -88.0, 1e4, -1e4]))
+angle = st.one_of(
+    st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False),
+    st.floats(-4.0, 4.0, allow_nan=False),
+    st.sampled_from([0.0, 1e-7, -1e-7]).map(float) | st.integers(-8, 8).map(lambda k: k * math.pi / 2),
+)
 probability = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0))
 
 
@@ -63,6 +71,20 @@ def box_pairs(draw: st.DrawFn, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return tensor(draw, coordinate, n, 4), target
 
 
+def rotated_pairs(draw: st.DrawFn, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    target = torch.cat((tensor(draw, coordinate, n, 4), tensor(draw, angle, n, 1)), dim=-1)
+    how = draw(st.sampled_from(["free", "near", "identical", "quarter_turn"]))
+    if how == "identical":
+        return target.clone(), target
+    if how == "quarter_turn":  # the same rectangle: sides swapped, turned by pi/2
+        pred = target[:, [0, 1, 3, 2, 4]].clone()
+        pred[:, 4] += math.pi / 2
+        return pred, target
+    if how == "near":
+        return target + tensor(draw, st.floats(-2.0, 2.0, allow_nan=False), n, 5), target
+    return torch.cat((tensor(draw, coordinate, n, 4), tensor(draw, angle, n, 1)), dim=-1), target
+
+
 @st.composite
 def inputs_for(draw: st.DrawFn, key: str) -> tuple[torch.Tensor, ...]:
     kind = get_spec(key).inputs
@@ -82,6 +104,8 @@ def inputs_for(draw: st.DrawFn, key: str) -> tuple[torch.Tensor, ...]:
         return tensor(draw, logit, n, NUM_CLASSES), tensor(draw, logit, n, NUM_CLASSES)
     if kind == "iou_aware":
         return (tensor(draw, logit, n), *box_pairs(draw, n))
+    if kind == "rotated_boxes":
+        return rotated_pairs(draw, n)
     labels = draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=n, max_size=n))
     return tensor(draw, logit, n), torch.tensor(labels, dtype=torch.float64)
 

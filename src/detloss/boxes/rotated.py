@@ -21,7 +21,9 @@ box (at most 8 vertices), and its area is the sum, over those boundary segments,
 lines of the other box in one fixed-size, vectorised step (no sorting, no Python loop over
 pairs); the 16 points where an edge of one box meets a line of the other are computed once
 and shared by both segments that end there, so the boundary always closes. Coordinates are
-taken relative to the midpoint of the two centres, so far-away boxes lose no precision.
+taken relative to the midpoint of the two centres, so far-away boxes lose no precision, and
+the cross products relative to a point of the polygon, so thin boxes crossing far from
+their centres lose none either.
 
 Degenerate configurations are decided by one rule each, so that every piece of the
 boundary is counted exactly once: an edge parallel to a line of the other box (``|sin| <=
@@ -278,7 +280,7 @@ def _intersection(a: _Lines, b: _Lines) -> _Boundary:
         earlier = crossing[..., j] & (det_j > 0) & (t_j < e_t)
         e_t, e_pt = torch.where(earlier, t_j, e_t), torch.where(earlier[..., None], pt_j, e_pt)
     valid_a = inside_a & (s_t < e_t)
-    area = torch.where(valid_a, _cross(s_pt, e_pt), torch.zeros_like(s_t)).sum(dim=-1)
+    segments_a = (s_pt, e_pt, valid_a)
     length_a = torch.where(valid_a, e_t - s_t, torch.zeros_like(s_t))
     mid_a = a.mid + (0.5 * (s_t + e_t))[..., None] * a.tangent
 
@@ -293,9 +295,19 @@ def _intersection(a: _Lines, b: _Lines) -> _Boundary:
         earlier = crossing[..., i, :] & (det_i < 0) & (t_i < e_t)
         e_t, e_pt = torch.where(earlier, t_i, e_t), torch.where(earlier[..., None], pt_i, e_pt)
     valid_b = inside_b & (s_t < e_t)
-    area = area + torch.where(valid_b, _cross(s_pt, e_pt), torch.zeros_like(s_t)).sum(dim=-1)
     length_b = torch.where(valid_b, e_t - s_t, torch.zeros_like(s_t))
     mid_b = b.mid + (0.5 * (s_t + e_t))[..., None] * b.tangent
+
+    # the shoelace sum about a point of the polygon (the mean of its segments' ends), not the
+    # origin: the boundary is closed, so the area is the same, and thin boxes crossing far
+    # from the midpoint of their centres lose no precision to cancelling cross products
+    starts = torch.cat((segments_a[0], s_pt), dim=-2)
+    ends = torch.cat((segments_a[1], e_pt), dim=-2)
+    valid = torch.cat((segments_a[2], valid_b), dim=-1)
+    weight = valid.to(starts.dtype)[..., None]
+    anchor = ((starts + ends) * weight).sum(dim=-2) / (2 * weight.sum(dim=-2)).clamp(min=1)
+    parts = _cross(starts - anchor[..., None, :], ends - anchor[..., None, :])
+    area = torch.where(valid, parts, torch.zeros_like(parts)).sum(dim=-1)
     return _Boundary(0.5 * area, length_a, mid_a, length_b, mid_b)
 
 
@@ -547,7 +559,9 @@ class _GaussianPair(NamedTuple):
     hp: torch.Tensor
     wt: torch.Tensor
     ht: torch.Tensor
-    cos2: torch.Tensor  # cos^2 and sin^2 of the angle between the boxes
+    cos: torch.Tensor  # cos and sin of the angle between the boxes, and their squares
+    sin: torch.Tensor
+    cos2: torch.Tensor
     sin2: torch.Tensor
     up: torch.Tensor  # (..., 2) the boxes' w directions
     ut: torch.Tensor
@@ -558,36 +572,48 @@ def _gaussian_pair(pred: Frames, target: Frames, eps: float) -> _GaussianPair:
     sin = _cross(pred.u, target.u)
     wp, hp = (pred.sides + eps).unbind(-1)
     wt, ht = (target.sides + eps).unbind(-1)
-    return _GaussianPair(pred.centre - target.centre, wp, hp, wt, ht, cos * cos, sin * sin, pred.u, target.u)
+    return _GaussianPair(pred.centre - target.centre, wp, hp, wt, ht, cos, sin, cos * cos, sin * sin, pred.u, target.u)
 
 
 def _log_volume_ratio(g: _GaussianPair) -> torch.Tensor:
     r"""``ln psi`` with :math:`\psi = \det(\Sigma_p + \Sigma_t) / (4 \sqrt{\det\Sigma_p \det\Sigma_t})`
     (independent of ``k``), from log-ratios of the sides so that nothing cancels or overflows:
     ``psi = (cosh A + cos^2 cosh B + sin^2 cosh C) / 2`` with ``A = ln(w_p h_p / (w_t h_t))``,
-    ``B = ln(h_p w_t / (w_p h_t))``, ``C = ln(h_p h_t / (w_p w_t))``; ``psi >= 1``."""
+    ``B = ln(h_p w_t / (w_p h_t))``, ``C = ln(h_p h_t / (w_p w_t))``, so
+    ``psi - 1 = sinh^2(A/2) + cos^2 sinh^2(B/2) + sin^2 sinh^2(C/2) >= 0``, accurate to a few
+    units of rounding even where it is tiny (near-identical boxes; ProbIoU's square root of
+    ``B`` would turn an absolute error ``u`` into ``sqrt(u)``)."""
     lwp, lhp, lwt, lht = (torch.log(s) for s in (g.wp, g.hp, g.wt, g.ht))
-    psi = 0.5 * (
-        torch.cosh(lwp + lhp - lwt - lht) + g.cos2 * torch.cosh(lhp + lwt - lwp - lht)
-        + g.sin2 * torch.cosh(lhp + lht - lwp - lwt)
+    excess = (
+        torch.sinh(0.5 * (lwp + lhp - lwt - lht)) ** 2
+        + g.cos2 * torch.sinh(0.5 * (lhp + lwt - lwp - lht)) ** 2
+        + g.sin2 * torch.sinh(0.5 * (lhp + lht - lwp - lwt)) ** 2
     )
-    return torch.log(psi.clamp(min=1.0))
+    return torch.log1p(excess)
+
+
+def _scaled_norm(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``sqrt(sum p^2)`` without squaring tiny or huge numbers: scaled by the largest ``|p|``."""
+    stacked = torch.stack(parts, dim=-1)
+    scale = stacked.detach().abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(stacked.dtype).tiny)
+    return scale.squeeze(-1) * torch.sqrt(((stacked / scale) ** 2).sum(dim=-1))
 
 
 def _bhattacharyya(g: _GaussianPair) -> torch.Tensor:
     k = _GAUSSIAN_K["bhattacharyya"]
     vp, vt = _rot90(g.up), _rot90(g.ut)
-    # delta^T adj(Sigma_p + Sigma_t) delta, times k: every term >= 0
-    quad = (
-        (g.hp * _dot(g.up, g.delta)) ** 2 + (g.wp * _dot(vp, g.delta)) ** 2
-        + (g.ht * _dot(g.ut, g.delta)) ** 2 + (g.wt * _dot(vt, g.delta)) ** 2
+    # sqrt(k^2 det(Sigma_p + Sigma_t)): the root of a sum of squares of side products
+    cos, sin = g.cos, g.sin
+    root_det = _scaled_norm(
+        (g.wp * g.hp, g.wt * g.ht, cos * g.hp * g.wt, cos * g.wp * g.ht, sin * g.hp * g.ht, sin * g.wp * g.wt)
     )
-    # k^2 det(Sigma_p + Sigma_t)
-    det_sum = (
-        (g.wp * g.hp) ** 2 + (g.wt * g.ht) ** 2 + g.cos2 * ((g.hp * g.wt) ** 2 + (g.wp * g.ht) ** 2)
-        + g.sin2 * ((g.hp * g.ht) ** 2 + (g.wp * g.wt) ** 2)
+    # delta^T (Sigma_p + Sigma_t)^-1 delta = k sum_i (c_i / root_det)^2, the c_i the components of
+    # adj(Sigma_p + Sigma_t) in the boxes' frames; each ratio is formed before it is squared
+    components = (
+        g.hp * _dot(g.up, g.delta), g.wp * _dot(vp, g.delta), g.ht * _dot(g.ut, g.delta), g.wt * _dot(vt, g.delta)
     )
-    return 0.25 * k * quad / det_sum + 0.5 * _log_volume_ratio(g)
+    mahalanobis = sum((c / root_det) ** 2 for c in components)
+    return 0.25 * k * mahalanobis + 0.5 * _log_volume_ratio(g)
 
 
 def _excess(log_z: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ The rule and its tolerances are described in :mod:`detloss.experiments.fuzz`.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -177,7 +178,9 @@ def _call(
     return _spec(key).function(*inputs, **kwargs)
 
 
-def _perturbation_scales(key: str, xs: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+def _perturbation_scales(
+    key: str, xs: Sequence[torch.Tensor], options: dict[str, Any] | None = None
+) -> list[torch.Tensor | None]:
     """How far rounding in the arithmetic can move each input, in units of ``u``.
 
     Numbers that the loss adds to or subtracts from each other share the scale of the
@@ -185,6 +188,11 @@ def _perturbation_scales(key: str, xs: Sequence[torch.Tensor]) -> list[torch.Ten
     prediction and its regression target): ``x1 = cx - w / 2`` at ``cx = 1e6`` moves ``x1`` by
     ``u * 1e6`` however small ``w`` is. Numbers used only multiplicatively (sigmoid logits,
     targets in [0, 1], scores) have their own magnitude as scale. Integers are not moved.
+    Rotated boxes in ``cxcywha`` are compared relative to each other (the centres are
+    subtracted first): centres and sides share the largest of the centre offset and the four
+    sides of the pair; the angle enters through ``cos`` and ``sin``, whose rounding is absolute,
+    so its scale is 1 radian (``deg``: 57.3, or the angle itself when larger, for the
+    conversion). Corners (``xyxyxyxy``) share their row's largest magnitude, as boxes do.
     """
     kind = _spec(key).inputs
     scales: list[torch.Tensor | None] = [x.detach().abs().double() if x.is_floating_point() else None for x in xs]
@@ -204,7 +212,12 @@ def _perturbation_scales(key: str, xs: Sequence[torch.Tensor]) -> list[torch.Ten
         for i in idx:
             scales[i] = common.expand_as(xs[i])
 
-    if kind == "boxes" and len(xs) >= 2:
+    if kind == "rotated_boxes" and len(xs) >= 2:
+        if (options or {}).get("box_format", "cxcywha") == "xyxyxyxy":
+            share(0, 1)
+        else:
+            _rotated_scales(xs, scales, (options or {}).get("angle_unit", "rad"))
+    elif kind == "boxes" and len(xs) >= 2:
         share(0, 1)
     elif kind == "iou_aware" and len(xs) >= 3:
         share(1, 2)
@@ -216,6 +229,18 @@ def _perturbation_scales(key: str, xs: Sequence[torch.Tensor]) -> list[torch.Ten
         share(0)
         share(1)
     return scales
+
+
+def _rotated_scales(xs: Sequence[torch.Tensor], scales: list[torch.Tensor | None], angle_unit: str) -> None:
+    """Scales of a pred/target pair of ``cxcywha`` rotated boxes (see :func:`_perturbation_scales`)."""
+    p, t = (x.detach().double() for x in xs[:2])
+    p, t = torch.broadcast_tensors(p, t)
+    offset = (p[..., :2] - t[..., :2]).abs()
+    common = torch.cat((offset, p[..., 2:4].abs(), t[..., 2:4].abs()), dim=-1).amax(-1, keepdim=True)
+    for i, box in enumerate((p, t)):
+        angle = box[..., 4:]
+        angle_scale = torch.ones_like(angle) if angle_unit == "rad" else angle.abs().clamp(min=180 / math.pi)
+        scales[i] = torch.cat((common.expand(*common.shape[:-1], 4), angle_scale), dim=-1).expand_as(xs[i])
 
 
 def _to_groups(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -239,7 +264,7 @@ def _explained_error(
     soon as every element explains ``needed``."""
     tol = TOLERANCES[case.dtype]
     xs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in ref_inputs]
-    scales = _perturbation_scales(case.loss, xs)
+    scales = _perturbation_scales(case.loss, xs, case.options)
     out = _call(case.loss, xs, case, weight, case.reduction)
     diff = [(x, s) for x, s in zip(xs, scales) if x.requires_grad and s is not None]
     grads = torch.autograd.grad(out.sum(), [x for x, _ in diff], allow_unused=True) if out.requires_grad else []
@@ -310,7 +335,7 @@ def _translations(
     centres (``(x1 + x2) / 2`` at ``x = 1e6``) shifts a box without changing its size, which
     independent moves of the four numbers rarely reproduce."""
     kind = _spec(case.loss).inputs
-    i = 0 if kind == "boxes" else 1 if kind == "iou_aware" else -1
+    i = 0 if kind in ("boxes", "rotated_boxes") else 1 if kind == "iou_aware" else -1
     if i < 0 or scales[i] is None or xs[i].dim() < 2:
         return []
     fmt = case.options.get("box_format", "xyxy")
@@ -319,7 +344,12 @@ def _translations(
         r = 2 * torch.rand((*xs[i].shape[:-1], 2), generator=g, dtype=torch.float64) - 1
         shift = (r.sign() if trial % 2 else r) * radius * scales[i][..., :2]  # type: ignore[index]
         zero = torch.zeros_like(shift)
-        step = torch.cat((shift, shift if fmt == "xyxy" else zero), dim=-1)
+        if fmt == "xyxyxyxy":  # every corner
+            step = shift.repeat(*(1,) * (shift.dim() - 1), 4)
+        elif fmt == "cxcywha":  # the centre only
+            step = torch.cat((shift, zero, zero[..., :1]), dim=-1)
+        else:
+            step = torch.cat((shift, shift if fmt == "xyxy" else zero), dim=-1)
         moved = list(xs)
         moved[i] = xs[i] + step
         out.append(moved)

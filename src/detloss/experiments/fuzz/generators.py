@@ -43,6 +43,29 @@ BOX_FAMILIES: tuple[str, ...] = (
     "fp16_overflow",
     "mixed",
 )
+#: Rotated boxes (``cxcywha`` masters, radians): thin boxes nearly parallel, squares whose
+#: angle is ambiguous (turned by multiples of pi/2), the same rectangle as ``(w, h, a)`` and
+#: ``(h, w, a + pi/2)``, angles near multiples of pi/2 or wrapped by multiples of 2 pi, equal
+#: centres, shared edges, nested boxes, zero and negative sides, huge and tiny boxes, all
+#: scales, far from the origin.
+ROTATED_FAMILIES: tuple[str, ...] = (
+    "random",
+    "identical",
+    "thin",
+    "square",
+    "quarter_turn",
+    "near_axes",
+    "wrapped_angle",
+    "same_centre",
+    "touching",
+    "nested",
+    "zero_area",
+    "huge",
+    "tiny",
+    "scales",
+    "large_offset",
+    "mixed",
+)
 LOGIT_FAMILIES: tuple[str, ...] = ("normal", "extreme", "saturation", "log_scale", "zeros", "equal", "mixed")
 VALUE_FAMILIES: tuple[str, ...] = ("normal", "identical", "near", "boundary", "huge", "tiny", "mixed")
 BINARY_TARGETS: tuple[str, ...] = ("hard", "soft", "edge", "agree", "oppose", "mixed")
@@ -256,6 +279,136 @@ def _box_rows(g: torch.Generator, family: str, n: int) -> tuple[torch.Tensor, to
     return pred * scale + shift, target * scale + shift
 
 
+def _tiny_angles(g: torch.Generator, n: int) -> torch.Tensor:
+    """Angle offsets ``(n, 1)``: exactly 0 for a third, else +-1e-12 ... 1e-3 (log-uniform)."""
+    offset = _signs(g, n, 1) * _log_uniform(g, 1e-12, 1e-3, n, 1)
+    return torch.where(_u(g, n, 1) < 1 / 3, torch.zeros_like(offset), offset)
+
+
+def _quarter_turns(g: torch.Generator, n: int) -> torch.Tensor:
+    """Multiples of pi/2 ``(n, 1)`` from -2 pi to 2 pi."""
+    return torch.randint(-4, 5, (n, 1), generator=g).double() * (math.pi / 2)
+
+
+def _rotated_rows(g: torch.Generator, family: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pred, target)`` ``cxcywha`` rows (radians) of one rotated family, within ``COORD_LIMIT``."""
+    if family == "mixed":
+        parts = [_rotated_rows(g, _pick(g, ROTATED_FAMILIES[:-1]), 1) for _ in range(n)]
+        if not parts:
+            return torch.zeros(0, 5, dtype=torch.float64), torch.zeros(0, 5, dtype=torch.float64)
+        return torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
+    size = _log_uniform(g, 0.2, 5.0, n, 2)
+    centre = (_u(g, n, 2) - 0.5) * 20
+    angle = (_u(g, n, 1) * 2 - 1) * math.pi
+    target = torch.cat((centre, size, angle), dim=-1)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    u, v = torch.cat((cos, sin), dim=-1), torch.cat((-sin, cos), dim=-1)
+    if family == "random":
+        shift = (_u(g, n, 2) - 0.5) * size
+        pred = torch.cat((centre + shift, size * _log_uniform(g, 0.5, 2.0, n, 2), angle + _u(g, n, 1) - 0.5), -1)
+    elif family == "identical":
+        pred = target.clone()
+    elif family == "thin":
+        # aspect ratios 10 to 1e4, nearly parallel, overlapping along the long side
+        long = _log_uniform(g, 1.0, 20.0, n, 1)
+        target = torch.cat((centre, long, long / _log_uniform(g, 10.0, 1e4, n, 1), angle), dim=-1)
+        turn = _signs(g, n, 1) * _log_uniform(g, 1e-9, 1e-1, n, 1)
+        offset = (_u(g, n, 1) - 0.5) * long * u + (_u(g, n, 1) - 0.5) * target[:, 3:4] * v
+        thin = long * _log_uniform(g, 0.5, 2.0, n, 1)
+        pred = torch.cat((centre + offset, thin, thin / _log_uniform(g, 10.0, 1e4, n, 1), angle + turn), dim=-1)
+    elif family == "square":
+        # squares turned by a multiple of pi/2 (plus nothing or a hair): the same box
+        side = size[:, :1]
+        target = torch.cat((centre, side, side, angle), dim=-1)
+        offset = torch.where(_u(g, n, 1) < 0.5, 0.0, 1.0) * (_u(g, n, 2) - 0.5) * side * 0.1
+        pred = torch.cat((centre + offset, side, side, angle + _quarter_turns(g, n) + _tiny_angles(g, n)), dim=-1)
+    elif family == "quarter_turn":
+        # (w, h, a) and (h, w, a + pi/2 + k pi): one rectangle, two descriptions
+        half_turns = torch.randint(-2, 3, (n, 1), generator=g).double() * math.pi
+        pred = torch.cat((centre, size.flip(-1), angle + math.pi / 2 + half_turns + _tiny_angles(g, n)), dim=-1)
+    elif family == "near_axes":
+        target = torch.cat((centre, size, _quarter_turns(g, n) + _tiny_angles(g, n)), dim=-1)
+        shift = (_u(g, n, 2) - 0.5) * size
+        pred_angle = _quarter_turns(g, n) + _tiny_angles(g, n)
+        pred = torch.cat((centre + shift, size * _log_uniform(g, 0.5, 2.0, n, 2), pred_angle), dim=-1)
+    elif family == "wrapped_angle":
+        # the same box with its angle moved by 2 pi k, k up to 150 (angles to about +-1e3)
+        wraps = torch.randint(-150, 151, (n, 1), generator=g).double() * (2 * math.pi)
+        pred = torch.cat((centre + (_u(g, n, 2) - 0.5) * size * 0.2, size, angle + wraps), dim=-1)
+    elif family == "same_centre":
+        shape = size.flip(-1) * _log_uniform(g, 0.5, 2.0, n, 1)
+        pred = torch.cat((centre, shape, angle + _u(g, n, 1) * math.pi), dim=-1)
+    elif family == "touching":
+        # the pred's w side against the target's w side, from outside, same angle
+        # (exactly upright for half the rows, so the shared edge is exact)
+        upright = _u(g, n, 1) < 0.5
+        angle = torch.where(upright, _quarter_turns(g, n), angle)
+        target = torch.cat((centre, size, angle), dim=-1)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        u = torch.cat((cos, sin), dim=-1)
+        psize = size * torch.cat((_log_uniform(g, 0.5, 2.0, n, 1), torch.ones(n, 1, dtype=torch.float64)), dim=-1)
+        away = _signs(g, n, 1) * 0.5 * (size[:, :1] + psize[:, :1])
+        pred = torch.cat((centre + away * u, psize, angle), dim=-1)
+    elif family == "nested":
+        # pred inside target (or the other way), half of them against one side of the outer box
+        inner = size * (0.1 + 0.8 * _u(g, n, 2))
+        room = 0.5 * (size - inner)
+        along = torch.where(_u(g, n, 1) < 0.5, _signs(g, n, 1), _u(g, n, 1) * 2 - 1) * room[:, :1]
+        across = (_u(g, n, 1) * 2 - 1) * room[:, 1:]
+        pred = torch.cat((centre + along * u + across * v, inner, angle), dim=-1)
+        swap = _u(g, n, 1) < 0.5
+        pred, target = torch.where(swap, target, pred), torch.where(swap, pred, target)
+    elif family == "zero_area":
+        pred = torch.cat((centre + (_u(g, n, 2) - 0.5) * size, size * _log_uniform(g, 0.5, 2.0, n, 2), angle), dim=-1)
+        for boxes in (pred, target):
+            which = torch.randint(0, 4, (n,), generator=g)  # w = 0, h = 0, both, or a negative side
+            boxes[which == 0, 2] = 0.0
+            boxes[which == 1, 3] = 0.0
+            boxes[which == 2, 2:4] = 0.0
+            boxes[which == 3, 2] *= -1.0
+        same = _u(g, n) < 0.2
+        pred[same] = target[same]
+    elif family == "huge":
+        big = _log_uniform(g, 1e3, COORD_LIMIT / 4, n, 2)
+        target = torch.cat(((_u(g, n, 2) - 0.5) * COORD_LIMIT / 2, big, angle), dim=-1)
+        shift = (_u(g, n, 2) - 0.5) * big * 0.5
+        psides = big * _log_uniform(g, 0.5, 2.0, n, 2)
+        pred = torch.cat((target[:, :2] + shift, psides, angle + _u(g, n, 1) - 0.5), dim=-1)
+        return pred, target
+    elif family == "tiny":
+        small = _log_uniform(g, 1e-6, 1e-3, n, 2)
+        target = torch.cat((centre, small, angle), dim=-1)
+        shift = (_u(g, n, 2) - 0.5) * small
+        pred = torch.cat((centre + shift, small * _log_uniform(g, 0.5, 2.0, n, 2), angle + _u(g, n, 1) - 0.5), dim=-1)
+        return pred, target
+    elif family == "scales":
+        sides = _log_uniform(g, 1e-6, 1e6, n, 2)
+        tcentre = _signs(g, n, 2) * _log_uniform(g, 1e-6, 1e6, n, 2)
+        target = torch.cat((tcentre, sides, angle), dim=-1)
+        near = _u(g, n, 1) < 0.5
+        far = _signs(g, n, 2) * _log_uniform(g, 1e-6, 1e6, n, 2)
+        pcentre = torch.where(near, tcentre + (_u(g, n, 2) - 0.5) * sides, far)
+        psides = torch.where(near, sides * _log_uniform(g, 0.5, 2.0, n, 2), _log_uniform(g, 1e-6, 1e6, n, 2))
+        pred = torch.cat((pcentre, psides, angle + _u(g, n, 1) - 0.5), dim=-1)
+        return pred.clamp(-COORD_LIMIT, COORD_LIMIT), target.clamp(-COORD_LIMIT, COORD_LIMIT)
+    elif family == "large_offset":
+        sides = _log_uniform(g, 1e-3, 1e3, n, 2)
+        tcentre = _signs(g, n, 2) * _log_uniform(g, 1e4, COORD_LIMIT / 2, n, 2)
+        target = torch.cat((tcentre, sides, angle), dim=-1)
+        shift = (_u(g, n, 2) - 0.5) * sides
+        pred = torch.cat((tcentre + shift, sides * _log_uniform(g, 0.5, 2.0, n, 2), angle + _u(g, n, 1) - 0.5), dim=-1)
+        return pred, target
+    else:
+        raise ValueError(f"unknown rotated family {family!r}")
+    # a common scale and offset of centres and sides, keeping every number within COORD_LIMIT
+    extent = float(torch.cat((pred[:, :4], target[:, :4])).abs().max()) if n else 1.0
+    scale = min(float(_log_uniform(g, 1e-3, 1e3, 1)), COORD_LIMIT / (2 * max(extent, 1.0)))
+    shift = (_u(g, 1, 2) - 0.5) * min(scale * 200, COORD_LIMIT / 2)
+    offset = torch.cat((shift, torch.zeros(1, 3, dtype=torch.float64)), dim=-1)
+    factor = torch.tensor([[scale, scale, scale, scale, 1.0]], dtype=torch.float64)
+    return pred * factor + offset, target * factor + offset
+
+
 def _logit_values(g: torch.Generator, family: str, shape: tuple[int, ...], limit: float) -> torch.Tensor:
     if family == "mixed":
         parts = [_logit_values(g, _pick(g, LOGIT_FAMILIES[:-1]), shape, limit) for _ in range(3)]
@@ -355,6 +508,8 @@ def families_for(key: str) -> tuple[str, ...]:
     kind = _spec(key).inputs
     if kind in ("boxes", "iou_aware"):
         return BOX_FAMILIES
+    if kind == "rotated_boxes":
+        return ROTATED_FAMILIES
     if kind == "values":
         return VALUE_FAMILIES
     if kind in ("binary_logits", "class_logits", "distribution", "distill", "signed_scores"):
@@ -397,6 +552,8 @@ def _inputs_for(key: str, family: str, n: int, g: torch.Generator) -> tuple[torc
             else _logit_values(g, teacher_family, (n, NUM_CLASSES), limit)
         )
         return student, teacher
+    if kind == "rotated_boxes":
+        return _rotated_rows(g, family, n)
     if kind == "iou_aware":
         pred, target = _box_rows(g, family, n)
         return _logit_values(g, _pick(g, LOGIT_FAMILIES), (n,), limit), pred, target
@@ -423,6 +580,17 @@ def _to_format(boxes: torch.Tensor, box_format: str) -> torch.Tensor:
     return boxes
 
 
+def _to_rotated_format(boxes: torch.Tensor, box_format: str, angle_unit: str) -> torch.Tensor:
+    """``cxcywha`` radian masters as corners (``xyxyxyxy``) or with the angle in degrees."""
+    if box_format == "xyxyxyxy":
+        from detloss.boxes import convert_rotated
+
+        return convert_rotated(boxes, "cxcywha", "xyxyxyxy")
+    if angle_unit == "deg":
+        return torch.cat((boxes[..., :4], boxes[..., 4:] * (180.0 / math.pi)), dim=-1)
+    return boxes
+
+
 def make_case(
     key: str,
     dtype: str,
@@ -445,7 +613,11 @@ def make_case(
     options = _call_options(key)
     for name, values in _option_choices(key):
         options[name] = _pick(g, values)
-    if _takes_box_format(key) and "box_format" not in _call_options(key):
+    if _spec(key).inputs == "rotated_boxes" and "box_format" not in _call_options(key):
+        fmt = _pick(g, ("cxcywha", "cxcywha", "xyxyxyxy"))
+        options["box_format"] = fmt
+        inputs = tuple(_to_rotated_format(t, fmt, options.get("angle_unit", "rad")) for t in inputs)
+    elif _takes_box_format(key) and "box_format" not in _call_options(key):
         fmt = _pick(g, ("xyxy", "xyxy", "xywh", "cxcywh"))
         options["box_format"] = fmt
         kind = _spec(key).inputs
