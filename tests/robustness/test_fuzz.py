@@ -9,6 +9,7 @@ random cases per loss and dtype mode. ``detloss fuzz --cases N`` runs the same c
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -160,6 +161,47 @@ KNOWN = {
 @pytest.mark.parametrize("key", BOX_LOSSES)
 def test_known_failures_of_public_implementations(key: str, scenario: str, dtype: str) -> None:
     pred, target = KNOWN[scenario]
+    outcome = check_case(box_case(key, dtype, pred, target))
+    assert outcome.ok, f"{scenario}: [{outcome.failure}] {outcome.detail}"
+
+
+ROTATED_LOSSES = [k for k in LOSSES if get_spec(k).inputs == "rotated_boxes"]
+
+ROTATED_KNOWN = {
+    # mmcv's diff_iou_rotated: 0.333 for identical boxes (its strict intersection tests find
+    # no vertex on a shared edge); the pair also at angles differing by pi/2 (a square)
+    "identical boxes": (
+        [[3.0, 4.0, 5.0, 2.0, 0.3], [3.0, 4.0, 3.0, 3.0, 0.0]],
+        [[3.0, 4.0, 5.0, 2.0, 0.3], [3.0, 4.0, 3.0, 3.0, math.pi / 2]],
+    ),
+    # lilanxiao's Rotated_IoU: 1/3 for boxes sharing an edge from outside
+    "shared edge": (
+        [[0.0, 0.0, 2.0, 2.0, 0.0], [0.0, 0.0, 2.0, 2.0, 0.4]],
+        [[2.0, 0.0, 2.0, 2.0, 0.0], [-2 * math.sin(0.4), 2 * math.cos(0.4), 2.0, 2.0, 0.4]],
+    ),
+    # detectron2 before its fix: 0.58 for near-identical boxes (a hull test on rounded points)
+    "near-identical boxes": ([[100.0, 200.0, 30.0, 10.0, 0.5]], [[100.000001, 200.0, 30.0, 10.0, 0.5000001]]),
+    # mmcv: IoU of -1.2e7 for w = 8e-7; a zero-area and a negative-width box too
+    "tiny and degenerate boxes": (
+        [[0.0, 0.0, 8e-7, 8e-7, 0.3], [0.0, 0.0, 0.0, 2.0, 0.3], [0.0, 0.0, -1.0, 2.0, 0.3]],
+        [[1e-7, 0.0, 8e-7, 8e-7, 0.1], [0.0, 0.0, 2.0, 2.0, 0.1], [0.0, 0.0, 2.0, 2.0, 0.1]],
+    ),
+    # mmcv #2335: 0 for concentric 5 x 10 at pi/6 and 10 x 5 at pi/3 (exact IoU 0.4058)
+    "concentric crossed boxes": ([[0.0, 0.0, 5.0, 10.0, math.pi / 6]], [[0.0, 0.0, 10.0, 5.0, math.pi / 3]]),
+    # ultralytics' probiou: NaN where a covariance is not positive definite (a zero side),
+    # and under AMP; mmrotate's GWD / KLD / KFIoU: NaN for degenerate or identical boxes
+    "gaussian degeneracies": (
+        [[5.0, 5.0, 0.0, 0.0, 0.0], [5.0, 5.0, 1e-6, 30.0, 1.0], [5.0, 5.0, 300.0, 200.0, 0.2]],
+        [[5.1, 5.0, 0.0, 0.0, 0.0], [5.0, 5.0, 1e-6, 30.0, 1.0], [40.0, 10.0, 310.0, 290.0, -0.3]],
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPE_MODES)
+@pytest.mark.parametrize("scenario", sorted(ROTATED_KNOWN))
+@pytest.mark.parametrize("key", ROTATED_LOSSES)
+def test_known_failures_of_rotated_implementations(key: str, scenario: str, dtype: str) -> None:
+    pred, target = ROTATED_KNOWN[scenario]
     outcome = check_case(box_case(key, dtype, pred, target))
     assert outcome.ok, f"{scenario}: [{outcome.failure}] {outcome.detail}"
 

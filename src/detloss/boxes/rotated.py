@@ -319,10 +319,13 @@ def _shape_derivative_term(lines: _Lines, length: torch.Tensor, mid: torch.Tenso
 def _hull_area(points: torch.Tensor) -> torch.Tensor:
     """Area of the convex hull of ``points`` ``(..., P, 2)`` by gift wrapping, vectorised.
 
-    The wrap starts at the lowest-x (then lowest-y) point and takes, P times, the point with
-    no other point to its right (the farthest one among collinear candidates; visited points
-    are skipped, so it never circles twice). The selection carries no gradient; the area is
-    the shoelace sum over the selected points, differentiable in their coordinates.
+    The wrap starts at the lowest-x (then lowest-y) point, a hull vertex, and takes, at most
+    P times, the next point by one scan of the candidates: a candidate replaces the best so
+    far when it lies to the right of the edge towards it, or on it and farther (so collinear
+    points are skipped, and rounding can only pick among points within rounding of the
+    hull). Visited points are not candidates again, so it never circles twice. The selection
+    carries no gradient; the area is the shoelace sum over the selected points,
+    differentiable in their coordinates.
     """
     count = points.shape[-2]
     with torch.no_grad():
@@ -331,19 +334,21 @@ def _hull_area(points: torch.Tensor) -> torch.Tensor:
         lowest = x == x.amin(dim=-1, keepdim=True)
         start = torch.where(lowest, y, torch.full_like(y, torch.inf)).argmin(dim=-1)
         visited = torch.nn.functional.one_hot(start, count).bool()
+        is_start = visited.clone()
         current, done = start, torch.zeros_like(start, dtype=torch.bool)
         order = [start]
         for _ in range(count):
-            here = _gather_points(p, current[..., None], -2)
-            best, best_pt = current, here
+            to = p - _gather_points(p, current[..., None], -2)[..., None, :]  # (..., P, 2)
+            dist = _dot(to, to)
+            candidate = ~visited | is_start
+            best, best_to, best_dist = current, torch.zeros_like(to[..., 0, :]), torch.zeros_like(dist[..., 0])
             for r in range(count):
-                candidate = p[..., r, :]
-                to_best, to_r = best_pt - here, candidate - here
-                turn = _cross(to_best, to_r)
-                better = (turn < 0) | ((turn == 0) & (_dot(to_r, to_r) > _dot(to_best, to_best)))
-                take = better & (~visited[..., r] | (start == r))
-                best = torch.where(take, torch.full_like(best, r), best)
-                best_pt = torch.where(take[..., None], candidate, best_pt)
+                to_r, dist_r = to[..., r, :], dist[..., r]
+                turn = _cross(best_to, to_r)
+                take = candidate[..., r] & ((turn < 0) | ((turn == 0) & (dist_r > best_dist)))
+                best = torch.where(take, r, best)
+                best_to = torch.where(take[..., None], to_r, best_to)
+                best_dist = torch.where(take, dist_r, best_dist)
             step = torch.where(done, current, best)
             visited = visited | torch.nn.functional.one_hot(step, count).bool()
             done = done | (step == start) | (step == current)
