@@ -178,6 +178,15 @@ def convert_rotated(
     ``(-pi, pi]`` of the corners' ``w`` side. The sides are written as they are (a negative
     ``w`` gives the mirrored corners, which are the same rectangle).
 
+    Args:
+        boxes: rotated boxes in ``in_fmt``, floating.
+        in_fmt: ``"cxcywha"`` or ``"xyxyxyxy"``.
+        out_fmt: ``"cxcywha"`` or ``"xyxyxyxy"``.
+        angle_unit: ``"rad"`` or ``"deg"``, the unit of the ``cxcywha`` angle (in or out).
+
+    Shape:
+        - boxes: ``(*, 5)`` (``cxcywha``) or ``(*, 8)`` (``xyxyxyxy``); output: ``(*, 8)`` or ``(*, 5)``.
+
     Example (a 4 x 2 box turned by 90 degrees):
         >>> box = torch.tensor([10.0, 20.0, 4.0, 2.0, 90.0])
         >>> convert_rotated(box, "cxcywha", "xyxyxyxy", angle_unit="deg")
@@ -444,6 +453,17 @@ def rotated_iou(
     half-precision inputs are computed and returned in float32. See the module docstring
     for the method, the degenerate cases and the gradient.
 
+    Args:
+        pred: rotated boxes in ``box_format``, floating (half precision runs in float32).
+        target: rotated boxes in ``box_format``, broadcasting with ``pred``.
+        kind: ``"iou"`` or ``"giou"``.
+        box_format: ``"cxcywha"`` (centre, sides, angle) or ``"xyxyxyxy"`` (the four corners).
+        angle_unit: ``"rad"`` or ``"deg"``, for ``cxcywha``.
+        eps: in ``(0, 1]``, added to the union and to the hull area.
+
+    Shape:
+        - pred, target: ``(*, 5)`` or ``(*, 8)``, broadcasting; output: ``(*)``.
+
     Example:
         >>> a = torch.tensor([0.0, 0.0, 2.0, 2.0, 0.0])
         >>> b = torch.tensor([0.0, 0.0, 2.0, 2.0, math.pi / 4])  # the same square turned 45 degrees
@@ -473,6 +493,17 @@ def pairwise_rotated_iou(
     Entry ``[i, j]`` equals ``rotated_iou(boxes1[i], boxes2[j], kind)``: the same kernel runs
     on blocks of rows, about ``ROTATED_PAIRWISE_BLOCK`` pairs at a time, so memory beyond the
     ``N x M`` result stays bounded for any ``N x M``.
+
+    Args:
+        boxes1: ``N`` rotated boxes in ``box_format``, floating.
+        boxes2: ``M`` rotated boxes in ``box_format``.
+        kind: ``"iou"`` or ``"giou"``.
+        box_format: ``"cxcywha"`` or ``"xyxyxyxy"``.
+        angle_unit: ``"rad"`` or ``"deg"``, for ``cxcywha``.
+        eps: in ``(0, 1]``, added to the union and to the hull area.
+
+    Shape:
+        - boxes1: ``(N, 5)`` or ``(N, 8)``; boxes2: ``(M, 5)`` or ``(M, 8)``; output: ``(N, M)``.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0], [1.0, 0.0, 2.0, 2.0, 0.0]])
@@ -519,6 +550,16 @@ def rotated_nms(
     removes every later box whose IoU with it is above ``iou_threshold``. Returns the indices
     (int64) of the kept boxes, by decreasing score, as ``torchvision.ops.nms`` does for
     upright boxes. One IoU row per kept box, so memory is ``O(N)``.
+
+    Args:
+        boxes: rotated boxes in ``box_format``, floating.
+        scores: one floating score per box.
+        iou_threshold: in ``[0, 1]``; a later box whose IoU with a kept one exceeds it is removed.
+        box_format: ``"cxcywha"`` or ``"xyxyxyxy"``.
+        angle_unit: ``"rad"`` or ``"deg"``, for ``cxcywha``.
+
+    Shape:
+        - boxes: ``(N, 5)`` or ``(N, 8)``; scores: ``(N,)``; output: ``(K,)``, ``K <= N``.
 
     Example:
         >>> boxes = torch.tensor([[0.0, 0.0, 4.0, 2.0, 0.0], [0.2, 0.0, 4.0, 2.0, 0.05], [10.0, 0.0, 4.0, 2.0, 0.0]])
@@ -684,6 +725,17 @@ def gaussian_distance(
     every distance and its gradient is finite for every finite input. All three are 0 for
     identical boxes and depend on the angle only modulo pi (and, for squares, modulo pi/2).
 
+    Args:
+        pred: rotated boxes in ``box_format``, floating (half precision runs in float32).
+        target: rotated boxes in ``box_format``, broadcasting with ``pred``.
+        kind: ``"bhattacharyya"``, ``"kld"`` or ``"gwd"``.
+        box_format: ``"cxcywha"`` or ``"xyxyxyxy"``.
+        angle_unit: ``"rad"`` or ``"deg"``, for ``cxcywha``.
+        eps: in ``(0, 1]``, added to every side.
+
+    Shape:
+        - pred, target: ``(*, 5)`` or ``(*, 8)``, broadcasting; output: ``(*)``.
+
     Example (a 4 x 2 box and the same box moved by 1 along its w side):
         >>> a = torch.tensor([0.0, 0.0, 4.0, 2.0, 0.0])
         >>> b = torch.tensor([1.0, 0.0, 4.0, 2.0, 0.0])
@@ -739,6 +791,16 @@ def kfiou(
     1/3 for identical boxes (:math:`\Sigma_\cap = \Sigma / 2`, :math:`V_\cap = V/2`). Sides
     enter as ``w + eps``, ``h + eps``. Computed as
     :math:`V_\cap = \sqrt{V_p V_t / (4 \psi)}`, :math:`\psi` as in :func:`gaussian_distance`.
+
+    Args:
+        pred: rotated boxes in ``box_format``, floating (half precision runs in float32).
+        target: rotated boxes in ``box_format``, broadcasting with ``pred``.
+        box_format: ``"cxcywha"`` or ``"xyxyxyxy"``.
+        angle_unit: ``"rad"`` or ``"deg"``, for ``cxcywha``.
+        eps: in ``(0, 1]``, added to every side.
+
+    Shape:
+        - pred, target: ``(*, 5)`` or ``(*, 8)``, broadcasting; output: ``(*)``.
 
     Example:
         >>> a = torch.tensor([0.0, 0.0, 4.0, 2.0, 0.0])

@@ -71,6 +71,10 @@ def rotated_iou_loss(
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         avg_factor: ``"mean"`` divides the sum by it instead of the number of elements.
 
+    Shape:
+        - pred, target: ``(*, 5)`` (``cxcywha``) or ``(*, 8)`` (``xyxyxyxy``), broadcasting.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
+
     Example (the same 2 x 2 square turned by 45 degrees: an octagon of area 8 (sqrt 2 - 1)):
         >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0]])
         >>> b = torch.tensor([[0.0, 0.0, 2.0, 2.0, 45.0]])
@@ -132,6 +136,10 @@ def probiou_loss(
         weight: elementwise weight, broadcast against the loss ``(...)``.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         avg_factor: ``"mean"`` divides the sum by it instead of the number of elements.
+
+    Shape:
+        - pred, target: ``(*, 5)`` (``cxcywha``) or ``(*, 8)`` (``xyxyxyxy``), broadcasting.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example (a 4 x 2 box moved by 1 along its long side):
         >>> a = torch.tensor([[0.0, 0.0, 4.0, 2.0, 0.0]])
@@ -198,6 +206,10 @@ def kld_loss(
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         avg_factor: ``"mean"`` divides the sum by it instead of the number of elements.
 
+    Shape:
+        - pred, target: ``(*, 5)`` (``cxcywha``) or ``(*, 8)`` (``xyxyxyxy``), broadcasting.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
+
     Example (a 4 x 2 box moved by 1 along its long side):
         >>> a = torch.tensor([[0.0, 0.0, 4.0, 2.0, 0.0]])
         >>> b = torch.tensor([[1.0, 0.0, 4.0, 2.0, 0.0]])
@@ -252,6 +264,10 @@ def gwd_loss(
         weight: elementwise weight, broadcast against the loss ``(...)``.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         avg_factor: ``"mean"`` divides the sum by it instead of the number of elements.
+
+    Shape:
+        - pred, target: ``(*, 5)`` (``cxcywha``) or ``(*, 8)`` (``xyxyxyxy``), broadcasting.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 4.0, 2.0, 0.0]])
@@ -327,6 +343,10 @@ def kfiou_loss(
         weight: elementwise weight, broadcast against the loss ``(...)``.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         avg_factor: ``"mean"`` divides the sum by it instead of the number of elements.
+
+    Shape:
+        - pred, target: ``(*, 5)`` (``cxcywha``) or ``(*, 8)`` (``xyxyxyxy``), broadcasting.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 4.0, 2.0, 0.0]])
