@@ -13,6 +13,7 @@ enclosing box spans the inverted box's corners, so it still holds both centres.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -22,7 +23,7 @@ from detloss._typing import BoxFormat, IoUKind
 from detloss.boxes.convert import BOX_FORMATS, to_xyxy
 from detloss.errors import DetLossError
 
-__all__ = ["IOU_KINDS", "aligned_iou", "box_similarity", "pairwise_iou", "prepare_pair"]
+__all__ = ["IOU_KINDS", "aligned_iou", "box_similarity", "pairwise_blocks", "pairwise_iou", "prepare_pair"]
 
 IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou")
 #: Elements of one pairwise block (rows x columns): bounds the memory of ``pairwise_iou``.
@@ -212,14 +213,26 @@ def pairwise_iou(
         if b.dim() != 2:
             raise DetLossError.bad_argument(where, name, "shape (N, 4)", f"shape {tuple(b.shape)}")
     b1, b2 = prepare_pair(where, boxes1, boxes2, box_format, eps, names=("boxes1", "boxes2"), broadcast=False)
-    n, m = b1.shape[0], b2.shape[0]
-    rows = max(1, PAIRWISE_BLOCK // max(m, 1))
     right = b2[None, :, :]
-    blocks = (box_similarity(b1[i : i + rows, None, :], right, kind, eps)[0] for i in range(0, n, rows))
-    if torch.is_grad_enabled() and (b1.requires_grad or b2.requires_grad):
-        out = torch.cat(list(blocks), dim=0) if n else b1.new_zeros((0, m))
-        return out
-    out = b1.new_empty((n, m))
-    for i, block in zip(range(0, n, rows), blocks):
-        out[i : i + rows] = block
+
+    def block(rows: slice) -> torch.Tensor:
+        return box_similarity(b1[rows, None, :], right, kind, eps)[0]
+
+    grad = b1.requires_grad or b2.requires_grad
+    return pairwise_blocks(block, b1.shape[0], b2.shape[0], PAIRWISE_BLOCK, like=b1, grad=grad)
+
+
+def pairwise_blocks(
+    block: Callable[[slice], torch.Tensor], n: int, m: int, pairs: int, *, like: torch.Tensor, grad: bool
+) -> torch.Tensor:
+    """The ``(n, m)`` matrix from ``block(rows)``, the ``(rows, m)`` entries of a slice of rows,
+    computed about ``pairs`` pairs at a time: written into one preallocated result, or
+    concatenated when autograd needs the blocks (``grad`` and gradients enabled)."""
+    rows = max(1, pairs // max(m, 1))
+    starts = range(0, n, rows)
+    if torch.is_grad_enabled() and grad:
+        return torch.cat([block(slice(i, i + rows)) for i in starts], dim=0) if n else like.new_zeros((0, m))
+    out = like.new_empty((n, m))
+    for i in starts:
+        out[i : i + rows] = block(slice(i, i + rows))
     return out

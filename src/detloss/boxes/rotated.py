@@ -63,6 +63,7 @@ from detloss._checks import (
     upcast,
 )
 from detloss._typing import AngleUnit, GaussianKind, RotatedBoxFormat, RotatedIoUKind
+from detloss.boxes.iou import pairwise_blocks
 from detloss.errors import DetLossError
 
 __all__ = [
@@ -522,18 +523,14 @@ def pairwise_rotated_iou(
     f1, f2 = prepare_rotated_pair(
         where, boxes1, boxes2, box_format, angle_unit, eps, names=("boxes1", "boxes2"), broadcast=False
     )
-    n, m = f1.centre.shape[0], f2.centre.shape[0]
-    rows = max(1, ROTATED_PAIRWISE_BLOCK // max(m, 1))
     right = f2.select((None, slice(None)))
-    blocks = (
-        rotated_box_similarity(f1.select((slice(i, i + rows), None)), right, kind, eps)[0] for i in range(0, n, rows)
-    )
-    if torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad):
-        return torch.cat(list(blocks), dim=0) if n else f1.centre.new_zeros((0, m))
-    out = f1.centre.new_empty((n, m))
-    for i, block in zip(range(0, n, rows), blocks):
-        out[i : i + rows] = block
-    return out
+
+    def block(rows: slice) -> torch.Tensor:
+        return rotated_box_similarity(f1.select((rows, None)), right, kind, eps)[0]
+
+    n, m = f1.centre.shape[0], f2.centre.shape[0]
+    grad = boxes1.requires_grad or boxes2.requires_grad
+    return pairwise_blocks(block, n, m, ROTATED_PAIRWISE_BLOCK, like=f1.centre, grad=grad)
 
 
 def rotated_nms(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -179,13 +179,24 @@ def _boxes_at(centre: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
 
 
+def _mixed_rows(
+    g: torch.Generator,
+    rows: Callable[[torch.Generator, str, int], tuple[torch.Tensor, torch.Tensor]],
+    families: Sequence[str],
+    n: int,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` pairs of rows, each from a family drawn from ``families`` (a mixed batch)."""
+    parts = [rows(g, _pick(g, families), 1) for _ in range(n)]
+    if not parts:
+        return torch.zeros(0, width, dtype=torch.float64), torch.zeros(0, width, dtype=torch.float64)
+    return torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
+
+
 def _box_rows(g: torch.Generator, family: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pred, target)`` xyxy rows of one family, coordinates within ``COORD_LIMIT``."""
     if family == "mixed":
-        parts = [_box_rows(g, _pick(g, BOX_FAMILIES[:-1]), 1) for _ in range(n)]
-        if not parts:
-            return torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, 4, dtype=torch.float64)
-        return torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
+        return _mixed_rows(g, _box_rows, BOX_FAMILIES[:-1], n, 4)
     # a unit-scale layout first, then a common scale and offset (except where the family
     # is itself about scale)
     size = _log_uniform(g, 0.2, 5.0, n, 2)
@@ -293,10 +304,7 @@ def _quarter_turns(g: torch.Generator, n: int) -> torch.Tensor:
 def _rotated_rows(g: torch.Generator, family: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pred, target)`` ``cxcywha`` rows (radians) of one rotated family, within ``COORD_LIMIT``."""
     if family == "mixed":
-        parts = [_rotated_rows(g, _pick(g, ROTATED_FAMILIES[:-1]), 1) for _ in range(n)]
-        if not parts:
-            return torch.zeros(0, 5, dtype=torch.float64), torch.zeros(0, 5, dtype=torch.float64)
-        return torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
+        return _mixed_rows(g, _rotated_rows, ROTATED_FAMILIES[:-1], n, 5)
     size = _log_uniform(g, 0.2, 5.0, n, 2)
     centre = (_u(g, n, 2) - 0.5) * 20
     angle = (_u(g, n, 1) * 2 - 1) * math.pi
