@@ -361,6 +361,19 @@ def test_formats_degrees_and_corners() -> None:
     assert got[0, 2].item() == pytest.approx(0.0, abs=1e-12) and got[0, 3].item() == pytest.approx(3.0)
 
 
+def test_corners_far_from_the_origin_in_float32() -> None:
+    """Corners of boxes 0.01 to 1 wide at 1e5 (float32 spacing 0.008): sides and centre offsets come
+    from differences of nearby corners, so float32 matches float64 on the same corners."""
+    pred, target = random_pairs(200, seed=25, spread=0.5)
+    scale = torch.tensor([0.1, 0.1, 0.1, 0.1, 1.0], dtype=torch.float64)  # sides 0.01 to 1
+    far = torch.tensor([1e5, -3e5, 0.0, 0.0, 0.0], dtype=torch.float64)
+    quads = [convert_rotated(b * scale + far, "cxcywha", "xyxyxyxy").float() for b in (pred, target)]
+    assert (rotated_iou(*(q.double() for q in quads), box_format="xyxyxyxy") > 0).double().mean() > 0.5
+    for fn in (rotated_iou, gaussian_distance, kfiou):
+        got, ref = fn(*quads, box_format="xyxyxyxy"), fn(*(q.double() for q in quads), box_format="xyxyxyxy")
+        assert (got.double() - ref).abs().max() < 1e-3 * max(1.0, ref.abs().max().item()), fn.__name__
+
+
 def test_half_inputs_compute_in_float32() -> None:
     pred, target = random_pairs(50, seed=10)
     for dtype in (torch.float16, torch.bfloat16):

@@ -146,8 +146,11 @@ def rotated_frames(boxes: torch.Tensor, box_format: str, angle_unit: str = "rad"
         u = torch.stack((torch.cos(angle), torch.sin(angle)), dim=-1)
         return Frames(boxes[..., :2], boxes[..., 2:4].clamp(min=0), u)
     p = boxes.reshape(*boxes.shape[:-1], 4, 2)
-    along_w = 0.5 * (p[..., 0, :] + p[..., 1, :] - p[..., 2, :] - p[..., 3, :])  # w u
-    along_h = 0.5 * (p[..., 0, :] + p[..., 3, :] - p[..., 1, :] - p[..., 2, :])  # h v (or -h v, mirrored)
+    # differences of nearby corners first (exact), so that far from the origin the sides keep
+    # their precision: w u = ((p1 - p4) + (p2 - p3)) / 2, h v = ((p1 - p2) + (p4 - p3)) / 2
+    e2, e3, e4 = p[..., 1, :] - p[..., 0, :], p[..., 2, :] - p[..., 0, :], p[..., 3, :] - p[..., 0, :]
+    along_w = 0.5 * ((e2 - e3) - e4)  # w u
+    along_h = 0.5 * (e4 - e3 - e2)  # h v (or -h v, mirrored)
     w, h = _norm(along_w), _norm(along_h)
     by_w = w >= h
     side = torch.where(by_w[..., None], along_w, torch.stack((along_h[..., 1], -along_h[..., 0]), dim=-1))
@@ -156,7 +159,7 @@ def rotated_frames(boxes: torch.Tensor, box_format: str, angle_unit: str = "rad"
     unit_x = torch.zeros_like(side)
     unit_x[..., 0] = 1.0
     u = torch.where((length > 0)[..., None], side / safe[..., None], unit_x)
-    return Frames(p.mean(dim=-2), torch.stack((w, h), dim=-1), u)
+    return Frames(p[..., 0, :] + 0.25 * (e2 + e3 + e4), torch.stack((w, h), dim=-1), u)
 
 
 def _corners_ccw(f: Frames) -> torch.Tensor:
@@ -431,8 +434,13 @@ def prepare_rotated_pair(
                 where, names[1], f"a shape that broadcasts with `{names[0]}` {tuple(pred.shape)}", tuple(target.shape)
             ) from None
     dtype = torch.promote_types(upcast(pred).dtype, upcast(target).dtype)
-    frames = (rotated_frames(t.to(dtype), box_format, angle_unit) for t in (pred, target))
-    return next(frames), next(frames)
+    pred, target = pred.to(dtype), target.to(dtype)
+    if box_format == "xyxyxyxy":
+        # both relative to the target's first corner (every measure here is translation
+        # invariant): corners far from the origin then lose nothing to rounding
+        origin = target[..., :2].repeat(*(1,) * (target.dim() - 1), 4)
+        pred, target = pred - origin, target - origin
+    return rotated_frames(pred, box_format, angle_unit), rotated_frames(target, box_format, angle_unit)
 
 
 def rotated_iou(
