@@ -237,6 +237,23 @@ def test_thin_boxes_crossing_far_from_their_centres_in_float32() -> None:
     assert got.item() == pytest.approx(exact, rel=0.1)
 
 
+def test_giou_hull_of_needles_and_far_apart_boxes_in_float32() -> None:
+    """The hull comes from an exact table of cross products (no corner is formed first), so
+    float32 keeps a needle's width next to its length, and tiny boxes far apart their widths."""
+    cases = [
+        # a 1.4e5 x 0.94 needle holding a tiny box: hull = union, GIoU = IoU
+        ([0.0, 0.0, 0.94, 1.4e5, -1.0], [3.5e-5, 6.4e-4, 0.033, 8e-6, -0.9]),
+        # 1e-3 boxes 7e5 apart: the hull is a sliver of area ~ 7e5 * 1e-3, penalty ~ 1
+        ([-3.6e5, 10.0, 1e-3, 2e-3, 0.3], [3.6e5, -10.0, 2e-3, 1e-3, -0.2]),
+        # two needles crossing
+        ([0.0, 0.0, 0.5, 9e4, 0.2], [10.0, 0.0, 0.3, 7e4, 1.1]),
+    ]
+    for pred, target in cases:
+        exact = shapely_iou(pred, target, "giou")
+        got = rotated_iou(torch.tensor(pred), torch.tensor(target), "giou", eps=1e-30)
+        assert got.item() == pytest.approx(exact, abs=2e-6), (pred, target)
+
+
 def test_gradients_finite_near_parallel_and_near_identical() -> None:
     """The shape derivative needs no intersection point's derivative: edges at 1e-12 rad
     from parallel give the same bounded gradient as at 1e-3 rad."""

@@ -72,6 +72,7 @@ __all__ = [
     "ROTATED_FORMATS",
     "ROTATED_IOU_KINDS",
     "Frames",
+    "centre_offset",
     "convert_rotated",
     "gaussian_distance",
     "kfiou",
@@ -98,15 +99,30 @@ _GAUSSIAN_K = {"bhattacharyya": 12.0, "kld": 4.0, "gwd": 4.0}
 
 
 class Frames(NamedTuple):
-    """A box as centre ``(..., 2)``, sides ``(w, h)`` ``(..., 2)`` (>= 0) and the unit vector
-    ``u = (cos a, sin a)`` of its ``w`` side ``(..., 2)``."""
+    """A box as centre ``anchor + offset`` ``(..., 2)``, sides ``(w, h)`` ``(..., 2)`` (>= 0) and
+    the unit vector ``u = (cos a, sin a)`` of its ``w`` side ``(..., 2)``.
 
-    centre: torch.Tensor
+    For ``cxcywha`` the anchor is the centre and the offset 0; for corners the anchor is the
+    first corner and the offset the centre's from it (differences of nearby corners: exact),
+    so that the offset between two boxes, :func:`centre_offset`, keeps its precision far
+    from the origin."""
+
+    anchor: torch.Tensor
+    offset: torch.Tensor
     sides: torch.Tensor
     u: torch.Tensor
 
+    @property
+    def centre(self) -> torch.Tensor:
+        return self.anchor + self.offset
+
     def select(self, index: Any) -> Frames:
-        return Frames(self.centre[index], self.sides[index], self.u[index])
+        return Frames(*(t[index] for t in self))
+
+
+def centre_offset(pred: Frames, target: Frames) -> torch.Tensor:
+    """``c_pred - c_target``, anchors subtracted first: ``(..., 2)``."""
+    return (pred.anchor - target.anchor) + (pred.offset - target.offset)
 
 
 # ------------------------------------------------------------------ small vector algebra
@@ -144,7 +160,8 @@ def rotated_frames(boxes: torch.Tensor, box_format: str, angle_unit: str = "rad"
     if box_format == "cxcywha":
         angle = boxes[..., 4] * _angle_scale(angle_unit)
         u = torch.stack((torch.cos(angle), torch.sin(angle)), dim=-1)
-        return Frames(boxes[..., :2], boxes[..., 2:4].clamp(min=0), u)
+        centre = boxes[..., :2]
+        return Frames(centre, torch.zeros_like(centre), boxes[..., 2:4].clamp(min=0), u)
     p = boxes.reshape(*boxes.shape[:-1], 4, 2)
     # differences of nearby corners first (exact), so that far from the origin the sides keep
     # their precision: w u = ((p1 - p4) + (p2 - p3)) / 2, h v = ((p1 - p2) + (p4 - p3)) / 2
@@ -159,17 +176,7 @@ def rotated_frames(boxes: torch.Tensor, box_format: str, angle_unit: str = "rad"
     unit_x = torch.zeros_like(side)
     unit_x[..., 0] = 1.0
     u = torch.where((length > 0)[..., None], side / safe[..., None], unit_x)
-    return Frames(p[..., 0, :] + 0.25 * (e2 + e3 + e4), torch.stack((w, h), dim=-1), u)
-
-
-def _corners_ccw(f: Frames) -> torch.Tensor:
-    """Corners ``(..., 4, 2)`` counter-clockwise (in a y-up frame): ``c + R(a)(+-w/2, +-h/2)``
-    in the order ``(+, +), (-, +), (-, -), (+, -)``."""
-    v = _rot90(f.u)
-    hw, hh = 0.5 * f.sides[..., :1], 0.5 * f.sides[..., 1:]
-    a, b = hw * f.u, hh * v
-    c = f.centre
-    return torch.stack((c + a + b, c - a + b, c - a - b, c + a - b), dim=-2)
+    return Frames(p[..., 0, :], 0.25 * (e2 + e3 + e4), torch.stack((w, h), dim=-1), u)
 
 
 def convert_rotated(
@@ -329,20 +336,52 @@ def _shape_derivative_term(lines: _Lines, length: torch.Tensor, mid: torch.Tenso
     return (length * (lines.offset - _dot(lines.normal, mid))).sum(dim=-1)
 
 
-def _hull_area(points: torch.Tensor) -> torch.Tensor:
-    """Area of the convex hull of ``points`` ``(..., P, 2)`` by gift wrapping, vectorised.
+#: The eight corners of a pair, box A's then box B's, as ``(+-hw, +-hh)`` in their box's frame.
+_CORNER_SIGNS = ((1.0, 1.0), (-1.0, 1.0), (-1.0, -1.0), (1.0, -1.0))
 
-    The wrap starts at the lowest-x (then lowest-y) point, a hull vertex, and takes, at most
-    P times, the next point by one scan of the candidates: a candidate replaces the best so
-    far when it lies to the right of the edge towards it, or on it and farther (so collinear
-    points are skipped, and rounding can only pick among points within rounding of the
-    hull). Visited points are not candidates again, so it never circles twice. The selection
-    carries no gradient; the area is the shoelace sum over the selected points,
-    differentiable in their coordinates.
+
+def _cross_table(d: torch.Tensor, a: Frames, b: Frames) -> torch.Tensor:
+    """``X[i, j] = cross(P_i, P_j)`` ``(..., 8, 8)`` for the corners ``P = +-d + alpha u + beta v``
+    of boxes A (centre ``d``) and B (centre ``-d``), expanded so that no large and small
+    numbers are ever added: ``cross(d, d) = 0``, and the crosses of the boxes' unit vectors
+    are 0, 1, ``cos`` or ``sin`` of the angle between the boxes. A needle's long side, or two
+    tiny boxes far apart, keep their widths (corners formed first would lose them)."""
+    signs = d.new_tensor(_CORNER_SIGNS)
+    alpha = torch.cat((0.5 * a.sides[..., :1] * signs[:, 0], 0.5 * b.sides[..., :1] * signs[:, 0]), dim=-1)
+    beta = torch.cat((0.5 * a.sides[..., 1:] * signs[:, 1], 0.5 * b.sides[..., 1:] * signs[:, 1]), dim=-1)
+    side = d.new_tensor([1.0] * 4 + [-1.0] * 4)  # P = side * d + ...
+    va, vb = _rot90(a.u), _rot90(b.u)
+    # cross(d, L_j), L_j = alpha_j u + beta_j v of its own box
+    four = (*d.shape[:-1], 4)
+    du = torch.cat((_cross(d, a.u)[..., None].expand(four), _cross(d, b.u)[..., None].expand(four)), dim=-1)
+    dv = torch.cat((_cross(d, va)[..., None].expand(four), _cross(d, vb)[..., None].expand(four)), dim=-1)
+    reach = alpha * du + beta * dv  # (..., 8)
+    cos, sin = _dot(a.u, b.u)[..., None, None], _cross(a.u, b.u)[..., None, None]
+    same = torch.zeros(8, 8, dtype=d.dtype, device=d.device)
+    same[:4, :4] = same[4:, 4:] = 1.0
+    turn = torch.zeros_like(same)  # cross(u_i, u_j) / sin: +1 from A to B, -1 from B to A
+    turn[:4, 4:], turn[4:, :4] = 1.0, -1.0
+    ai, aj, bi, bj = alpha[..., :, None], alpha[..., None, :], beta[..., :, None], beta[..., None, :]
+    local = sin * turn * (ai * aj + bi * bj) + (ai * bj - bi * aj) * (same + cos * (1 - same))
+    return side[:, None] * reach[..., None, :] - side[None, :] * reach[..., :, None] + local
+
+
+def _hull_area(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) -> torch.Tensor:
+    """Area of the convex hull of the eight corners of boxes A and B by gift wrapping.
+
+    The wrap starts at the lowest-x (then lowest-y) corner, a hull vertex, and takes, at most
+    8 times, the next one by one scan of the candidates: a candidate replaces the best so far
+    when it lies to the right of the edge towards it, or on it and farther (collinear corners
+    are skipped). Turns and the shoelace sum come from the exact :func:`_cross_table`
+    (``cross(P_b - P_c, P_r - P_c) = X[b, r] - X[b, c] - X[c, r]``); ``corners`` serve only to
+    start and to break ties. Visited corners are not candidates again, so the wrap never
+    circles twice. The selection carries no gradient; the area is differentiable.
     """
-    count = points.shape[-2]
+    table = _cross_table(d, a, b)
+    count = 8
     with torch.no_grad():
-        p = points.detach()
+        x_table = table.detach()
+        p = corners.detach()
         x, y = p[..., 0], p[..., 1]
         lowest = x == x.amin(dim=-1, keepdim=True)
         start = torch.where(lowest, y, torch.full_like(y, torch.inf)).argmin(dim=-1)
@@ -351,16 +390,18 @@ def _hull_area(points: torch.Tensor) -> torch.Tensor:
         current, done = start, torch.zeros_like(start, dtype=torch.bool)
         order = [start]
         for _ in range(count):
-            to = p - _gather_points(p, current[..., None], -2)[..., None, :]  # (..., P, 2)
+            to = p - _gather_points(p, current[..., None], -2)[..., None, :]
             dist = _dot(to, to)
+            row = x_table.gather(-2, current[..., None, None].expand(*current.shape, 1, count)).squeeze(-2)  # X[c, :]
+            # turns[b, r] = cross(P_b - P_c, P_r - P_c)
+            turns = x_table + row[..., :, None] - row[..., None, :]  # X[b, c] = -X[c, b]
             candidate = ~visited | is_start
-            best, best_to, best_dist = current, torch.zeros_like(to[..., 0, :]), torch.zeros_like(dist[..., 0])
+            best, best_dist = current, torch.zeros_like(dist[..., 0])
             for r in range(count):
-                to_r, dist_r = to[..., r, :], dist[..., r]
-                turn = _cross(best_to, to_r)
+                turn = turns[..., :, r].gather(-1, best[..., None]).squeeze(-1)
+                dist_r = dist[..., r]
                 take = candidate[..., r] & ((turn < 0) | ((turn == 0) & (dist_r > best_dist)))
                 best = torch.where(take, r, best)
-                best_to = torch.where(take[..., None], to_r, best_to)
                 best_dist = torch.where(take, dist_r, best_dist)
             step = torch.where(done, current, best)
             visited = visited | torch.nn.functional.one_hot(step, count).bool()
@@ -368,9 +409,9 @@ def _hull_area(points: torch.Tensor) -> torch.Tensor:
             current = step
             order.append(step)
         order.append(start)
-        index = torch.stack(order, dim=-1)  # (..., P + 2)
-    ring = points.gather(-2, index.unsqueeze(-1).expand(*index.shape, 2))
-    return 0.5 * _cross(ring[..., :-1, :], ring[..., 1:, :]).sum(dim=-1)
+        index = torch.stack(order, dim=-1)  # (..., 10)
+        pairs = index[..., :-1] * count + index[..., 1:]
+    return 0.5 * table.flatten(-2).gather(-1, pairs).sum(dim=-1)
 
 
 def rotated_box_similarity(pred: Frames, target: Frames, kind: str, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,7 +426,7 @@ def rotated_box_similarity(pred: Frames, target: Frames, kind: str, eps: float) 
     pred = Frames(*(t.expand(batch) for t in pred))
     target = Frames(*(t.expand(batch) for t in target))
     # both boxes relative to the midpoint of their centres: c_pred = d, c_target = -d
-    d = 0.5 * (pred.centre - target.centre)
+    d = 0.5 * centre_offset(pred, target)
     a = _lines(d, pred.sides, pred.u)
     b = _lines(-d, target.sides, target.u)
     area_a = pred.sides[..., 0] * pred.sides[..., 1]
@@ -401,7 +442,7 @@ def rotated_box_similarity(pred: Frames, target: Frames, kind: str, eps: float) 
     iou = inter / union
     if kind == "iou":
         return iou, iou
-    enclosing = _hull_area(torch.cat((a.corners, b.corners), dim=-2)) + eps
+    enclosing = _hull_area(d, pred, target, torch.cat((a.corners, b.corners), dim=-2)) + eps
     return iou - (enclosing - union) / enclosing, iou
 
 
@@ -434,13 +475,8 @@ def prepare_rotated_pair(
                 where, names[1], f"a shape that broadcasts with `{names[0]}` {tuple(pred.shape)}", tuple(target.shape)
             ) from None
     dtype = torch.promote_types(upcast(pred).dtype, upcast(target).dtype)
-    pred, target = pred.to(dtype), target.to(dtype)
-    if box_format == "xyxyxyxy":
-        # both relative to the target's first corner (every measure here is translation
-        # invariant): corners far from the origin then lose nothing to rounding
-        origin = target[..., :2].repeat(*(1,) * (target.dim() - 1), 4)
-        pred, target = pred - origin, target - origin
-    return rotated_frames(pred, box_format, angle_unit), rotated_frames(target, box_format, angle_unit)
+    frames = (rotated_frames(t.to(dtype), box_format, angle_unit) for t in (pred, target))
+    return next(frames), next(frames)
 
 
 def rotated_iou(
@@ -536,9 +572,9 @@ def pairwise_rotated_iou(
     def block(rows: slice) -> torch.Tensor:
         return rotated_box_similarity(f1.select((rows, None)), right, kind, eps)[0]
 
-    n, m = f1.centre.shape[0], f2.centre.shape[0]
+    n, m = f1.sides.shape[0], f2.sides.shape[0]
     grad = boxes1.requires_grad or boxes2.requires_grad
-    return pairwise_blocks(block, n, m, ROTATED_PAIRWISE_BLOCK, like=f1.centre, grad=grad)
+    return pairwise_blocks(block, n, m, ROTATED_PAIRWISE_BLOCK, like=f1.sides, grad=grad)
 
 
 def rotated_nms(
@@ -623,7 +659,8 @@ def _gaussian_pair(pred: Frames, target: Frames, eps: float) -> _GaussianPair:
     sin = _cross(pred.u, target.u)
     wp, hp = (pred.sides + eps).unbind(-1)
     wt, ht = (target.sides + eps).unbind(-1)
-    return _GaussianPair(pred.centre - target.centre, wp, hp, wt, ht, cos, sin, cos * cos, sin * sin, pred.u, target.u)
+    delta = centre_offset(pred, target)
+    return _GaussianPair(delta, wp, hp, wt, ht, cos, sin, cos * cos, sin * sin, pred.u, target.u)
 
 
 def _log_volume_ratio(g: _GaussianPair) -> torch.Tensor:

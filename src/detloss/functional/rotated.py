@@ -19,6 +19,7 @@ from detloss._typing import AngleUnit, AvgFactor, Reduction, RotatedBoxFormat, R
 from detloss.boxes.rotated import (
     ROTATED_IOU_KINDS,
     Frames,
+    centre_offset,
     gaussian_core,
     kfiou_core,
     prepare_rotated_pair,
@@ -292,7 +293,7 @@ KFIoUMode = Literal["ln", "linear", "exp"]
 
 def _centre_offset(p: Frames, t: Frames, eps: float) -> torch.Tensor:
     """The predicted centre in the target's frame, over the target's sides: ``(..., 2)``."""
-    dx, dy = (p.centre - t.centre).unbind(-1)
+    dx, dy = centre_offset(p, t).unbind(-1)
     cos, sin = t.u.unbind(-1)
     along = (dx * cos + dy * sin) / (t.sides[..., 0] + eps)
     across = (dy * cos - dx * sin) / (t.sides[..., 1] + eps)
