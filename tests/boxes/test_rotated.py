@@ -254,6 +254,63 @@ def test_giou_hull_of_needles_and_far_apart_boxes_in_float32() -> None:
         assert got.item() == pytest.approx(exact, abs=2e-6), (pred, target)
 
 
+def degenerate_families(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(pred, target, family)``: identical, a quarter turn of the same rectangle, a half turn,
+    tiny boxes 1e5 apart, a needle next to a box, upright boxes with collinear sides, a zero
+    width, angles at multiples of pi/2."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(m: int) -> torch.Tensor:
+        centre = torch.rand(m, 2, generator=g, dtype=torch.float64) * 10
+        sides = torch.exp(torch.rand(m, 2, generator=g, dtype=torch.float64) * 3) * 0.5
+        return torch.cat((centre, sides, (torch.rand(m, 1, generator=g, dtype=torch.float64) * 2 - 1) * math.pi), -1)
+
+    p, t = draw(n), draw(n)
+    family = torch.arange(n) % 8
+    t[family == 0] = p[family == 0]
+    q = family == 1
+    t[q] = p[q][:, [0, 1, 3, 2, 4]] + torch.tensor([0.0, 0.0, 0.0, 0.0, math.pi / 2], dtype=torch.float64)
+    q = family == 2
+    t[q] = p[q] + torch.tensor([0.0, 0.0, 0.0, 0.0, math.pi], dtype=torch.float64)
+    q = family == 3
+    t[q, :2] = p[q, :2] + 1e5 * torch.randn(int(q.sum()), 2, generator=g, dtype=torch.float64)
+    p[q, 2:4], t[q, 2:4] = p[q, 2:4] * 1e-4, t[q, 2:4] * 1e-4
+    q = family == 4
+    p[q, 3] = p[q, 3] * 1e4
+    t[q, :2] = p[q, :2] + torch.rand(int(q.sum()), 2, generator=g, dtype=torch.float64)
+    q = family == 5
+    p[q, 4], t[q, 4], t[q, 3], t[q, 1] = 0.0, 0.0, p[q, 3], p[q, 1]
+    p[family == 6, 2] = 0.0
+    q = family == 7
+    p[q, 4] = torch.randint(-4, 5, (int(q.sum()),), generator=g).double() * math.pi / 2
+    t[q, 4] = torch.randint(-4, 5, (int(q.sum()),), generator=g).double() * math.pi / 2
+    return p, t, family
+
+
+def hull_area(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    frames = kernel.prepare_rotated_pair("test", pred, target, "cxcywha", "rad", 1e-7)
+    d = 0.5 * kernel.centre_offset(*frames)
+    a, b = (kernel._lines(c, f.sides, f.u) for c, f in zip((d, -d), frames))
+    return kernel._hull_area(d, *frames, torch.cat((a.corners, b.corners), dim=-2))
+
+
+def test_hull_of_degenerate_pairs() -> None:
+    """The GIoU's hull: against shapely in float64 (except 1e5 from the origin, where shapely's
+    own absolute coordinates round at 1e-7), and float32 against float64 on the same inputs."""
+    pred, target, family = degenerate_families(800, seed=26)
+    exact = hull_area(pred, target)
+    shapely_hull = torch.tensor(
+        [Polygon(corners(p) + corners(t)).convex_hull.area for p, t in zip(pred.tolist(), target.tolist())],
+        dtype=torch.float64,
+    )
+    trusted = family != 3
+    torch.testing.assert_close(exact[trusted], shapely_hull[trusted], rtol=1e-11, atol=0)
+    torch.testing.assert_close(exact[~trusted], shapely_hull[~trusted], rtol=1e-5, atol=0)
+    rounded = hull_area(pred.float().double(), target.float().double())
+    in_float32 = hull_area(pred.float(), target.float()).double()
+    assert ((in_float32 - rounded).abs() / rounded).max() < 1e-5
+
+
 def test_gradients_finite_near_parallel_and_near_identical() -> None:
     """The shape derivative needs no intersection point's derivative: edges at 1e-12 rad
     from parallel give the same bounded gradient as at 1e-3 rad."""

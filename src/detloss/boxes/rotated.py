@@ -163,11 +163,12 @@ def rotated_frames(boxes: torch.Tensor, box_format: str, angle_unit: str = "rad"
         centre = boxes[..., :2]
         return Frames(centre, torch.zeros_like(centre), boxes[..., 2:4].clamp(min=0), u)
     p = boxes.reshape(*boxes.shape[:-1], 4, 2)
-    # differences of nearby corners first (exact), so that far from the origin the sides keep
-    # their precision: w u = ((p1 - p4) + (p2 - p3)) / 2, h v = ((p1 - p2) + (p4 - p3)) / 2
-    e2, e3, e4 = p[..., 1, :] - p[..., 0, :], p[..., 2, :] - p[..., 0, :], p[..., 3, :] - p[..., 0, :]
-    along_w = 0.5 * ((e2 - e3) - e4)  # w u
-    along_h = 0.5 * (e4 - e3 - e2)  # h v (or -h v, mirrored)
+    # differences of adjacent corners first (as long as a side: a short side stays exact far
+    # from the origin): w u = ((p1 - p4) + (p2 - p3)) / 2, h v = ((p1 - p2) + (p4 - p3)) / 2
+    s12, s43 = p[..., 0, :] - p[..., 1, :], p[..., 3, :] - p[..., 2, :]
+    s14, s23 = p[..., 0, :] - p[..., 3, :], p[..., 1, :] - p[..., 2, :]
+    along_w = 0.5 * (s14 + s23)  # w u
+    along_h = 0.5 * (s12 + s43)  # h v (or -h v, mirrored)
     w, h = _norm(along_w), _norm(along_h)
     by_w = w >= h
     side = torch.where(by_w[..., None], along_w, torch.stack((along_h[..., 1], -along_h[..., 0]), dim=-1))
@@ -176,7 +177,8 @@ def rotated_frames(boxes: torch.Tensor, box_format: str, angle_unit: str = "rad"
     unit_x = torch.zeros_like(side)
     unit_x[..., 0] = 1.0
     u = torch.where((length > 0)[..., None], side / safe[..., None], unit_x)
-    return Frames(p[..., 0, :], 0.25 * (e2 + e3 + e4), torch.stack((w, h), dim=-1), u)
+    # the corners' mean, from p1: ((p2 - p1) + (p3 - p1) + (p4 - p1)) / 4
+    return Frames(p[..., 0, :], -0.25 * (2 * s12 + s23 + s14), torch.stack((w, h), dim=-1), u)
 
 
 def convert_rotated(
@@ -340,69 +342,200 @@ def _shape_derivative_term(lines: _Lines, length: torch.Tensor, mid: torch.Tenso
 _CORNER_SIGNS = ((1.0, 1.0), (-1.0, 1.0), (-1.0, -1.0), (1.0, -1.0))
 
 
-def _cross_table(d: torch.Tensor, a: Frames, b: Frames) -> torch.Tensor:
-    """``X[i, j] = cross(P_i, P_j)`` ``(..., 8, 8)`` for the corners ``P = +-d + alpha u + beta v``
-    of boxes A (centre ``d``) and B (centre ``-d``), expanded so that no large and small
-    numbers are ever added: ``cross(d, d) = 0``, and the crosses of the boxes' unit vectors
-    are 0, 1, ``cos`` or ``sin`` of the angle between the boxes. A needle's long side, or two
-    tiny boxes far apart, keep their widths (corners formed first would lose them)."""
+class _CrossTable(NamedTuple):
+    """The eight corners ``P_i = side_i d + L_i`` of boxes A (centre ``d``) and B (``-d``),
+    ``L_i = alpha_i u + beta_i v`` in their own box's frame, as what their cross products
+    need: ``cross(P_i, P_j) = side_i reach_j - side_j reach_i + local_ij`` with
+    ``reach_j = cross(d, L_j)`` and ``local_ij = cross(L_i, L_j)`` (``cross(d, d) = 0``). The
+    crosses of the boxes' unit vectors are 0, 1, ``cos`` or ``sin`` of the angle between the
+    boxes, so no large and small numbers are ever added: a needle keeps its width next to
+    its length, two tiny boxes far apart keep theirs."""
+
+    side: torch.Tensor  # (8,): +1 for A's corners, -1 for B's
+    alpha: torch.Tensor  # (..., 8)
+    beta: torch.Tensor  # (..., 8)
+    du: torch.Tensor  # (..., 8): cross(d, u) and cross(d, v) of the corner's box
+    dv: torch.Tensor
+    reach: torch.Tensor  # (..., 8)
+    local: torch.Tensor  # (..., 8, 8)
+
+    def cross(self) -> torch.Tensor:
+        """``cross(P_i, P_j)`` ``(..., 8, 8)``."""
+        side = self.side
+        return side[:, None] * self.reach[..., None, :] - side[None, :] * self.reach[..., :, None] + self.local
+
+
+def _cross_table(d: torch.Tensor, a: Frames, b: Frames) -> _CrossTable:
     signs = d.new_tensor(_CORNER_SIGNS)
     alpha = torch.cat((0.5 * a.sides[..., :1] * signs[:, 0], 0.5 * b.sides[..., :1] * signs[:, 0]), dim=-1)
     beta = torch.cat((0.5 * a.sides[..., 1:] * signs[:, 1], 0.5 * b.sides[..., 1:] * signs[:, 1]), dim=-1)
-    side = d.new_tensor([1.0] * 4 + [-1.0] * 4)  # P = side * d + ...
-    va, vb = _rot90(a.u), _rot90(b.u)
-    # cross(d, L_j), L_j = alpha_j u + beta_j v of its own box
     four = (*d.shape[:-1], 4)
     du = torch.cat((_cross(d, a.u)[..., None].expand(four), _cross(d, b.u)[..., None].expand(four)), dim=-1)
+    va, vb = _rot90(a.u), _rot90(b.u)
     dv = torch.cat((_cross(d, va)[..., None].expand(four), _cross(d, vb)[..., None].expand(four)), dim=-1)
-    reach = alpha * du + beta * dv  # (..., 8)
     cos, sin = _dot(a.u, b.u)[..., None, None], _cross(a.u, b.u)[..., None, None]
     same = torch.zeros(8, 8, dtype=d.dtype, device=d.device)
     same[:4, :4] = same[4:, 4:] = 1.0
     turn = torch.zeros_like(same)  # cross(u_i, u_j) / sin: +1 from A to B, -1 from B to A
     turn[:4, 4:], turn[4:, :4] = 1.0, -1.0
     ai, aj, bi, bj = alpha[..., :, None], alpha[..., None, :], beta[..., :, None], beta[..., None, :]
-    local = sin * turn * (ai * aj + bi * bj) + (ai * bj - bi * aj) * (same + cos * (1 - same))
-    return side[:, None] * reach[..., None, :] - side[None, :] * reach[..., :, None] + local
+    mixing = same + cos * (1 - same)
+    local = sin * turn * (ai * aj + bi * bj) + (ai * bj - bi * aj) * mixing
+    side = d.new_tensor([1.0] * 4 + [-1.0] * 4)
+    return _CrossTable(side, alpha, beta, du, dv, alpha * du + beta * dv, local)
+
+
+def _frame_cross(
+    a1: torch.Tensor, b1: torch.Tensor, box1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor, box2: torch.Tensor,
+    cos: torch.Tensor, sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cross(a1 u_1 + b1 v_1, a2 u_2 + b2 v_2)`` for vectors in the frames of boxes ``box1``,
+    ``box2`` (0: A, 1: B; ``cos``, ``sin`` of the angle from A to B), and the sum of its terms'
+    magnitudes. In one frame it is ``a1 b2 - b1 a2``; across, ``+-sin (a1 a2 + b1 b2) +
+    cos (a1 b2 - b1 a2)``."""
+    same = box1 == box2
+    toward = torch.where(box1 < box2, sin, -sin)  # cross(u_1, u_2)
+    spin = torch.where(same, torch.ones_like(cos), cos)
+    tilt = torch.where(same, torch.zeros_like(sin), toward)
+    value = tilt * (a1 * a2 + b1 * b2) + spin * (a1 * b2 - b1 * a2)
+    size = tilt.abs() * ((a1 * a2).abs() + (b1 * b2).abs()) + spin.abs() * ((a1 * b2).abs() + (b1 * a2).abs())
+    return value, size
+
+
+def _turns(
+    inside: torch.Tensor, box: torch.Tensor, box_c: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+    alpha_c: torch.Tensor, beta_c: torch.Tensor, d_alpha: torch.Tensor, d_beta: torch.Tensor,
+    du: torch.Tensor, dv: torch.Tensor, du_c: torch.Tensor, dv_c: torch.Tensor, s: torch.Tensor,
+    cos: torch.Tensor, sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``turns[b, r] = cross(P_b - P_c, P_r - P_c)`` ``(..., 8, 8)`` from the current corner ``c``,
+    and the sums of the magnitudes of its terms (what rounding can do, in units of ``u``).
+
+    With ``P_x - P_c = s_x d + L_x - L_c`` (``s = 0`` in c's box), differences of corners of one
+    box are taken on their exact side coordinates before anything is multiplied:
+
+    - ``b, r`` in c's box: ``cross(dL_b, dL_r)``;
+    - ``b`` in c's box, ``r`` not: ``-s_r cross(d, dL_b) + cross(dL_b, L_r) - cross(dL_b, L_c)``
+      (and the other way round, antisymmetric);
+    - neither: ``s cross(d, L_r - L_b) + cross(L_b, L_r) + cross(L_c, L_b - L_r)``.
+    """
+    def bi(t: torch.Tensor) -> torch.Tensor:  # indexed by b (rows)
+        return t[..., :, None]
+
+    def ri(t: torch.Tensor) -> torch.Tensor:  # indexed by r (columns)
+        return t[..., None, :]
+
+    box_b, box_r = box[:, None], box[None, :]
+    c_box = box_c[..., None, None]
+    ac, bc = alpha_c[..., None], beta_c[..., None]
+    # both in c's box
+    ss = bi(d_alpha) * ri(d_beta) - bi(d_beta) * ri(d_alpha)
+    ss_size = (bi(d_alpha) * ri(d_beta)).abs() + (bi(d_beta) * ri(d_alpha)).abs()
+    # b in c's box, r not (rows b, columns r)
+    rel_b = bi(d_alpha * du_c + d_beta * dv_c)
+    rel_b_size = bi((d_alpha * du_c).abs() + (d_beta * dv_c).abs())
+    far, far_size = _frame_cross(bi(d_alpha), bi(d_beta), c_box, ri(alpha), ri(beta), box_r, cos, sin)
+    own = bi(d_alpha) * bc - bi(d_beta) * ac
+    own_size = (bi(d_alpha) * bc).abs() + (bi(d_beta) * ac).abs()
+    so = -ri(s) * rel_b + far - own
+    so_size = ri(s).abs() * rel_b_size + far_size + own_size
+    # neither in c's box
+    da, db = bi(alpha) - ri(alpha), bi(beta) - ri(beta)  # L_b - L_r, in the other box's frame
+    oo = bi(s) * -(da * bi(du) + db * bi(dv)) + (bi(alpha) * ri(beta) - bi(beta) * ri(alpha))
+    mixed, mixed_size = _frame_cross(ac, bc, c_box, da, db, box_b, cos, sin)
+    oo = oo + mixed
+    oo_size = bi(s).abs() * ((da * bi(du)).abs() + (db * bi(dv)).abs())
+    oo_size = oo_size + (bi(alpha) * ri(beta)).abs() + (bi(beta) * ri(alpha)).abs() + mixed_size
+    in_b, in_r = bi(inside), ri(inside)
+    turns = torch.where(in_b & in_r, ss, torch.where(in_b, so, torch.where(in_r, -so.transpose(-1, -2), oo)))
+    so_size_t = so_size.transpose(-1, -2)
+    size = torch.where(in_b & in_r, ss_size, torch.where(in_b, so_size, torch.where(in_r, so_size_t, oo_size)))
+    return turns, size
 
 
 def _hull_area(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) -> torch.Tensor:
     """Area of the convex hull of the eight corners of boxes A and B by gift wrapping.
 
-    The wrap starts at the lowest-x (then lowest-y) corner, a hull vertex, and takes, at most
-    8 times, the next one by one scan of the candidates: a candidate replaces the best so far
-    when it lies to the right of the edge towards it, or on it and farther (collinear corners
-    are skipped). Turns and the shoelace sum come from the exact :func:`_cross_table`
-    (``cross(P_b - P_c, P_r - P_c) = X[b, r] - X[b, c] - X[c, r]``); ``corners`` serve only to
-    start and to break ties. Visited corners are not candidates again, so the wrap never
-    circles twice. The selection carries no gradient; the area is differentiable.
+    The wrap starts at the lowest of the corners within rounding of the leftmost, a hull
+    vertex, and takes, at most 8 times, the next one by one scan of the candidates: a
+    candidate replaces the best so far when it lies to the right of the edge towards it, or
+    on it (within the rounding bound of :func:`_turns`) and beyond it (collinear and repeated
+    corners are skipped). The start is the corner farthest along a fixed direction (a hull
+    vertex), found box by box; corners within rounding of one another count once (identical
+    boxes, a square turned by pi/2: two copies of a vertex would let the wrap take a second
+    lap), and visited corners are not candidates again. Every comparison between corners of
+    one box uses their exact side coordinates; ``corners`` serve only to compare corners of
+    different boxes. The selection carries no gradient; the area, the shoelace sum of
+    :meth:`_CrossTable.cross` over the selected corners, is differentiable.
     """
     table = _cross_table(d, a, b)
     count = 8
+    unit = torch.finfo(d.dtype).eps
     with torch.no_grad():
-        x_table = table.detach()
+        alpha, beta, du, dv = table.alpha.detach(), table.beta.detach(), table.du.detach(), table.dv.detach()
+        side = table.side
         p = corners.detach()
-        x, y = p[..., 0], p[..., 1]
-        lowest = x == x.amin(dim=-1, keepdim=True)
-        start = torch.where(lowest, y, torch.full_like(y, torch.inf)).argmin(dim=-1)
-        visited = torch.nn.functional.one_hot(start, count).bool()
-        is_start = visited.clone()
+        extent = 2 * d.detach().abs().sum(dim=-1) + a.sides.detach().sum(dim=-1) + b.sides.detach().sum(dim=-1)
+        box = torch.arange(count, device=p.device) // 4
+        same_box = box[:, None] == box[None, :]
+        # corners within rounding of one another (identical boxes, a square turned by pi/2,
+        # shared corners, zero sides) are one vertex: the lowest-numbered copy stays, the
+        # others are left out (two copies would let the wrap take a second lap). Within a
+        # box the test is exact, across boxes on the corners' coordinates.
+        gap = (p[..., :, None, :] - p[..., None, :, :]).abs().amax(dim=-1)
+        # within a box, alpha and beta are exact (half sides with signs): equal, or distinct
+        local_same = (alpha[..., :, None] == alpha[..., None, :]) & (beta[..., :, None] == beta[..., None, :])
+        same_point = torch.where(same_box, local_same, gap <= 64 * unit * extent[..., None, None])
+        earlier = torch.ones(count, count, dtype=torch.bool, device=p.device).triu(diagonal=1)  # [i, j]: i < j
+        repeated = (same_point & earlier).any(dim=-2)
+        # the start: the corner farthest along -e for a fixed direction e (a hull vertex; ties
+        # lie on one edge), the box from the coordinates, the corner within it exactly
+        e = p.new_tensor([math.cos(1.0), math.sin(1.0)])
+        first = torch.where(repeated, torch.full_like(gap[..., 0], torch.inf), _dot(p, e)).argmin(dim=-1)
+        four = (*first.shape, 4)
+        u_a, u_b = a.u.detach(), b.u.detach()
+        u_e = torch.cat((_dot(u_a, e)[..., None].expand(four), _dot(u_b, e)[..., None].expand(four)), dim=-1)
+        v_e = torch.cat((_cross(u_a, e)[..., None].expand(four), _cross(u_b, e)[..., None].expand(four)), dim=-1)
+        along = alpha * u_e + beta * v_e  # (alpha u + beta v) . e, exact within a box (v . e = cross(u, e))
+        mine = (box == (first // 4)[..., None]) & ~repeated
+        start = torch.where(mine, along, torch.full_like(along, torch.inf)).argmin(dim=-1)
+        is_start = torch.nn.functional.one_hot(start, count).bool()
+        visited = is_start | repeated
         current, done = start, torch.zeros_like(start, dtype=torch.bool)
         order = [start]
+        u_pt = torch.cat((u_a[..., None, :].expand(*four, 2), u_b[..., None, :].expand(*four, 2)), dim=-2)
+        cos_ab, sin_ab = _dot(u_a, u_b)[..., None, None], _cross(u_a, u_b)[..., None, None]
+        v_pt = _rot90(u_pt)
         for _ in range(count):
-            to = p - _gather_points(p, current[..., None], -2)[..., None, :]
+            at = current[..., None]
+            box_c = current // 4
+            inside = box == box_c[..., None]  # (..., 8): the corners of c's box
+            alpha_c, beta_c = alpha.gather(-1, at), beta.gather(-1, at)
+            d_alpha, d_beta = alpha - alpha_c, beta - beta_c  # exact for the corners of c's box
+            du_c, dv_c = du.gather(-1, at), dv.gather(-1, at)
+            # P_j - P_c: in c's box from the side differences (exact), else from the corners
+            to = torch.where(
+                inside[..., None],
+                d_alpha[..., None] * u_pt + d_beta[..., None] * v_pt,
+                p - _gather_points(p, at, -2)[..., None, :],
+            )
             dist = _dot(to, to)
-            row = x_table.gather(-2, current[..., None, None].expand(*current.shape, 1, count)).squeeze(-2)  # X[c, :]
-            # turns[b, r] = cross(P_b - P_c, P_r - P_c)
-            turns = x_table + row[..., :, None] - row[..., None, :]  # X[b, c] = -X[c, b]
+            turns, slack = _turns(
+                inside, box, box_c, alpha, beta, alpha_c, beta_c, d_alpha, d_beta, du, dv, du_c, dv_c,
+                side - side[current][..., None], cos_ab, sin_ab,
+            )
+            slack = 16 * unit * slack
             candidate = ~visited | is_start
-            best, best_dist = current, torch.zeros_like(dist[..., 0])
+            best, best_dist, best_to = current, torch.zeros_like(dist[..., 0]), torch.zeros_like(to[..., 0, :])
             for r in range(count):
                 turn = turns[..., :, r].gather(-1, best[..., None]).squeeze(-1)
-                dist_r = dist[..., r]
-                take = candidate[..., r] & ((turn < 0) | ((turn == 0) & (dist_r > best_dist)))
+                tol = slack[..., :, r].gather(-1, best[..., None]).squeeze(-1)
+                dist_r, to_r = dist[..., r], to[..., r, :]
+                farther = (dist_r > best_dist) & (_dot(best_to, to_r) >= 0)  # on, and beyond, the best
+                take = candidate[..., r] & ((turn < -tol) | ((turn <= tol) & farther))
                 best = torch.where(take, r, best)
                 best_dist = torch.where(take, dist_r, best_dist)
+                best_to = torch.where(take[..., None], to_r, best_to)
             step = torch.where(done, current, best)
             visited = visited | torch.nn.functional.one_hot(step, count).bool()
             done = done | (step == start) | (step == current)
@@ -411,7 +544,7 @@ def _hull_area(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) -> 
         order.append(start)
         index = torch.stack(order, dim=-1)  # (..., 10)
         pairs = index[..., :-1] * count + index[..., 1:]
-    return 0.5 * table.flatten(-2).gather(-1, pairs).sum(dim=-1)
+    return 0.5 * table.cross().flatten(-2).gather(-1, pairs).sum(dim=-1)
 
 
 def rotated_box_similarity(pred: Frames, target: Frames, kind: str, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
