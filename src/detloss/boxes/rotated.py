@@ -485,7 +485,7 @@ def _hull_area(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) -> 
         gap = (p[..., :, None, :] - p[..., None, :, :]).abs().amax(dim=-1)
         # within a box, alpha and beta are exact (half sides with signs): equal, or distinct
         local_same = (alpha[..., :, None] == alpha[..., None, :]) & (beta[..., :, None] == beta[..., None, :])
-        same_point = torch.where(same_box, local_same, gap <= 64 * unit * extent[..., None, None])
+        same_point = torch.where(same_box, local_same, gap <= 16 * unit * extent[..., None, None])
         earlier = torch.ones(count, count, dtype=torch.bool, device=p.device).triu(diagonal=1)  # [i, j]: i < j
         repeated = (same_point & earlier).any(dim=-2)
         # the start: the corner farthest along -e for a fixed direction e (a hull vertex; ties
