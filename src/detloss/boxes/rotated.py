@@ -10,9 +10,12 @@ Formats (``box_format``):
 - ``"xyxyxyxy"``: the four corners ``(x1, y1, ..., x4, y4)``, shape ``(..., 8)``, in the order
   ``c + R(a)(w/2, h/2)``, ``c + R(a)(w/2, -h/2)``, ``c + R(a)(-w/2, -h/2)``,
   ``c + R(a)(-w/2, h/2)`` (that of ultralytics' ``xywhr2xyxyxyxy``). Read back as the
-  rectangle with the corners' mean as centre, ``w = |p1 + p2 - p3 - p4| / 2``,
-  ``h = |p1 + p4 - p2 - p3| / 2`` and the direction of the longer of these two vectors: exact
-  for a rectangle in either orientation, a best-fit rectangle for any other quadrilateral.
+  rectangle with the corners' mean as centre, ``w = |(p1 - p4) + (p2 - p3)| / 2``,
+  ``h = |(p1 - p2) + (p4 - p3)| / 2`` and the direction of the longer of these two vectors:
+  exact for a rectangle in either orientation, a best-fit rectangle for any other
+  quadrilateral. Differences of adjacent corners come first, and a box is kept as its first
+  corner plus the (exact) offset of its centre, so thin boxes far from the origin keep their
+  sides and the offset between two boxes its precision.
 
 The overlap of two rectangles (:func:`rotated_box_similarity`) is exact: the intersection
 is the convex polygon bounded by the parts of each box's edges that lie inside the other
@@ -45,6 +48,13 @@ finite for identical, nested, touching, collinear, zero-area and nearly parallel
 alike (differentiating through the intersection points instead gives errors that grow as
 ``1 / sin`` of the angle between nearly parallel edges). At a kink (coincident edges) it is
 one of the one-sided derivatives.
+
+The GIoU's enclosing shape is the convex hull of the eight corners, found by gift wrapping
+over a table of their cross products written as ``+-d + alpha u + beta v`` (half sides in
+each box's frame): the crosses of the unit vectors are 0, 1, ``cos`` or ``sin``, and every
+comparison between corners of one box uses their exact side coordinates, so float32 keeps a
+needle's width next to its length and two tiny boxes far apart their widths (corners formed
+first would lose both to rounding).
 """
 
 from __future__ import annotations
