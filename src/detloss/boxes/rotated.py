@@ -413,71 +413,70 @@ def _frame_cross(
 
 
 def _turns(
-    inside: torch.Tensor, box: torch.Tensor, box_c: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
-    alpha_c: torch.Tensor, beta_c: torch.Tensor, d_alpha: torch.Tensor, d_beta: torch.Tensor,
-    du: torch.Tensor, dv: torch.Tensor, du_c: torch.Tensor, dv_c: torch.Tensor, s: torch.Tensor,
-    cos: torch.Tensor, sin: torch.Tensor,
+    inside_b: torch.Tensor, inside_r: torch.Tensor, box_b: torch.Tensor, box_r: torch.Tensor, box_c: torch.Tensor,
+    corner_b: tuple[torch.Tensor, torch.Tensor], corner_r: tuple[torch.Tensor, torch.Tensor],
+    corner_c: tuple[torch.Tensor, torch.Tensor], reach_b: tuple[torch.Tensor, torch.Tensor],
+    reach_c: tuple[torch.Tensor, torch.Tensor], s_b: torch.Tensor, s_r: torch.Tensor, cos: torch.Tensor,
+    sin: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``turns[b, r] = cross(P_b - P_c, P_r - P_c)`` ``(..., 8, 8)`` from the current corner ``c``,
-    and the sums of the magnitudes of its terms (what rounding can do, in units of ``u``).
+    """``cross(P_b - P_c, P_r - P_c)`` from the current corner ``c``, elementwise over tensors of
+    entries, and the sum of the magnitudes of its terms (what rounding can do, in units of u).
 
-    With ``P_x - P_c = s_x d + L_x - L_c`` (``s = 0`` in c's box), differences of corners of one
-    box are taken on their exact side coordinates before anything is multiplied:
+    Each corner comes as ``(alpha, beta)`` in its box's frame, with ``(cross(d, u), cross(d, v))``
+    of its box (``reach``) and ``s = side - side_c`` (0 in c's box). With ``P_x - P_c = s_x d +
+    L_x - L_c``, differences of corners of one box are taken on their exact side coordinates
+    before anything is multiplied:
 
     - ``b, r`` in c's box: ``cross(dL_b, dL_r)``;
     - ``b`` in c's box, ``r`` not: ``-s_r cross(d, dL_b) + cross(dL_b, L_r) - cross(dL_b, L_c)``
       (and the other way round, antisymmetric);
     - neither: ``s cross(d, L_r - L_b) + cross(L_b, L_r) + cross(L_c, L_b - L_r)``.
     """
-    def bi(t: torch.Tensor) -> torch.Tensor:  # indexed by b (rows)
-        return t[..., :, None]
+    (ab, bb), (ar, br), (ac, bc) = corner_b, corner_r, corner_c
+    (du_b, dv_b), (du_c, dv_c) = reach_b, reach_c
+    dab, dbb, dar, dbr = ab - ac, bb - bc, ar - ac, br - bc  # exact for the corners of c's box
 
-    def ri(t: torch.Tensor) -> torch.Tensor:  # indexed by r (columns)
-        return t[..., None, :]
+    def one_inside(da: torch.Tensor, db: torch.Tensor, s_o: torch.Tensor, ao: torch.Tensor, bo: torch.Tensor,
+                   box_o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # cross(P_i - P_c, P_o - P_c) for i in c's box (side differences da, db), o not
+        far, far_size = _frame_cross(da, db, box_c, ao, bo, box_o, cos, sin)
+        value = -s_o * (da * du_c + db * dv_c) + far - (da * bc - db * ac)
+        size = s_o.abs() * ((da * du_c).abs() + (db * dv_c).abs()) + far_size + (da * bc).abs() + (db * ac).abs()
+        return value, size
 
-    box_b, box_r = box[:, None], box[None, :]
-    c_box = box_c[..., None, None]
-    ac, bc = alpha_c[..., None], beta_c[..., None]
-    # both in c's box
-    ss = bi(d_alpha) * ri(d_beta) - bi(d_beta) * ri(d_alpha)
-    ss_size = (bi(d_alpha) * ri(d_beta)).abs() + (bi(d_beta) * ri(d_alpha)).abs()
-    # b in c's box, r not (rows b, columns r)
-    rel_b = bi(d_alpha * du_c + d_beta * dv_c)
-    rel_b_size = bi((d_alpha * du_c).abs() + (d_beta * dv_c).abs())
-    far, far_size = _frame_cross(bi(d_alpha), bi(d_beta), c_box, ri(alpha), ri(beta), box_r, cos, sin)
-    own = bi(d_alpha) * bc - bi(d_beta) * ac
-    own_size = (bi(d_alpha) * bc).abs() + (bi(d_beta) * ac).abs()
-    so = -ri(s) * rel_b + far - own
-    so_size = ri(s).abs() * rel_b_size + far_size + own_size
-    # neither in c's box
-    da, db = bi(alpha) - ri(alpha), bi(beta) - ri(beta)  # L_b - L_r, in the other box's frame
-    oo = bi(s) * -(da * bi(du) + db * bi(dv)) + (bi(alpha) * ri(beta) - bi(beta) * ri(alpha))
-    mixed, mixed_size = _frame_cross(ac, bc, c_box, da, db, box_b, cos, sin)
-    oo = oo + mixed
-    oo_size = bi(s).abs() * ((da * bi(du)).abs() + (db * bi(dv)).abs())
-    oo_size = oo_size + (bi(alpha) * ri(beta)).abs() + (bi(beta) * ri(alpha)).abs() + mixed_size
-    in_b, in_r = bi(inside), ri(inside)
-    turns = torch.where(in_b & in_r, ss, torch.where(in_b, so, torch.where(in_r, -so.transpose(-1, -2), oo)))
-    so_size_t = so_size.transpose(-1, -2)
-    size = torch.where(in_b & in_r, ss_size, torch.where(in_b, so_size, torch.where(in_r, so_size_t, oo_size)))
-    return turns, size
+    ss = dab * dbr - dbb * dar
+    ss_size = (dab * dbr).abs() + (dbb * dar).abs()
+    so, so_size = one_inside(dab, dbb, s_r, ar, br, box_r)
+    os_, os_size = one_inside(dar, dbr, s_b, ab, bb, box_b)
+    da, db = ab - ar, bb - br  # L_b - L_r, in the other box's frame
+    mixed, mixed_size = _frame_cross(ac, bc, box_c, da, db, box_b, cos, sin)
+    oo = -s_b * (da * du_b + db * dv_b) + (ab * br - bb * ar) + mixed
+    oo_size = s_b.abs() * ((da * du_b).abs() + (db * dv_b).abs()) + (ab * br).abs() + (bb * ar).abs() + mixed_size
+    turn = torch.where(inside_b & inside_r, ss, torch.where(inside_b, so, torch.where(inside_r, -os_, oo)))
+    both = inside_b & inside_r
+    size = torch.where(both, ss_size, torch.where(inside_b, so_size, torch.where(inside_r, os_size, oo_size)))
+    return turn, size
 
 
 def _hull_area(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) -> torch.Tensor:
     """Area of the convex hull of the eight corners of boxes A and B by gift wrapping.
 
-    The wrap starts at the lowest of the corners within rounding of the leftmost, a hull
-    vertex, and takes, at most 8 times, the next one by one scan of the candidates: a
+    The wrap starts at the corner farthest along a fixed direction (a hull vertex, found box
+    by box) and takes, at most 8 times, the next one by one scan of the candidates: a
     candidate replaces the best so far when it lies to the right of the edge towards it, or
-    on it (within the rounding bound of :func:`_turns`) and beyond it (collinear and repeated
-    corners are skipped). The start is the corner farthest along a fixed direction (a hull
-    vertex), found box by box; corners within rounding of one another count once (identical
-    boxes, a square turned by pi/2: two copies of a vertex would let the wrap take a second
-    lap), and visited corners are not candidates again. Every comparison between corners of
-    one box uses their exact side coordinates; ``corners`` serve only to compare corners of
-    different boxes. The selection carries no gradient; the area, the shoelace sum of
-    :meth:`_CrossTable.cross` over the selected corners, is differentiable.
+    on it (within rounding) and beyond it, so collinear corners are skipped. Each turn comes
+    from the difference vectors with a bound on what rounding does to it; a turn within its
+    bound is recomputed exactly by :func:`_turns`. Corners within rounding of one another
+    count once (identical boxes, a square turned by pi/2: two copies of a vertex would let
+    the wrap take a second lap), and visited corners are not candidates again. Every
+    comparison between corners of one box uses their exact side coordinates; ``corners``
+    serve only to compare corners of different boxes. The selection carries no gradient; the
+    area, the shoelace sum of :meth:`_CrossTable.cross` over the selected corners, is
+    differentiable.
     """
+    batch = d.shape[:-1]  # flattened here, so that entries can be picked by index
+    d, corners = d.reshape(-1, 2), corners.reshape(-1, 8, 2)
+    a, b = (Frames(*(t.reshape(-1, 2) for t in f)) for f in (a, b))
     table = _cross_table(d, a, b)
     count = 8
     unit = torch.finfo(d.dtype).eps
@@ -514,15 +513,13 @@ def _hull_area(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) -> 
         current, done = start, torch.zeros_like(start, dtype=torch.bool)
         order = [start]
         u_pt = torch.cat((u_a[..., None, :].expand(*four, 2), u_b[..., None, :].expand(*four, 2)), dim=-2)
-        cos_ab, sin_ab = _dot(u_a, u_b)[..., None, None], _cross(u_a, u_b)[..., None, None]
+        cos_ab, sin_ab = _dot(u_a, u_b), _cross(u_a, u_b)
         v_pt = _rot90(u_pt)
         for _ in range(count):
             at = current[..., None]
             box_c = current // 4
             inside = box == box_c[..., None]  # (..., 8): the corners of c's box
-            alpha_c, beta_c = alpha.gather(-1, at), beta.gather(-1, at)
-            d_alpha, d_beta = alpha - alpha_c, beta - beta_c  # exact for the corners of c's box
-            du_c, dv_c = du.gather(-1, at), dv.gather(-1, at)
+            d_alpha, d_beta = alpha - alpha.gather(-1, at), beta - beta.gather(-1, at)  # exact in c's box
             # P_j - P_c: in c's box from the side differences (exact), else from the corners
             to = torch.where(
                 inside[..., None],
@@ -530,22 +527,37 @@ def _hull_area(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) -> 
                 p - _gather_points(p, at, -2)[..., None, :],
             )
             dist = _dot(to, to)
-            turns, slack = _turns(
-                inside, box, box_c, alpha, beta, alpha_c, beta_c, d_alpha, d_beta, du, dv, du_c, dv_c,
-                side - side[current][..., None], cos_ab, sin_ab,
-            )
-            slack = 16 * unit * slack
+            # each turn from the difference vectors, with a bound on what their rounding does
+            # (exact within c's box, the corners' rounding across boxes); the bound is 0 for
+            # the current corner itself, and a turn that it does not decide (nearly straight)
+            # is computed exactly by _turns
+            size = to.abs().sum(dim=-1)
+            error = torch.where(inside, 4 * unit * (d_alpha.abs() + d_beta.abs()), 8 * unit * extent[..., None])
+            s_all = side - side[current][..., None]
             candidate = ~visited | is_start
             best, best_dist, best_to = current, torch.zeros_like(dist[..., 0]), torch.zeros_like(to[..., 0, :])
+            best_size, best_error = torch.zeros_like(best_dist), torch.zeros_like(best_dist)
             for r in range(count):
-                turn = turns[..., :, r].gather(-1, best[..., None]).squeeze(-1)
-                tol = slack[..., :, r].gather(-1, best[..., None]).squeeze(-1)
-                dist_r, to_r = dist[..., r], to[..., r, :]
+                to_r, dist_r, size_r, error_r = to[..., r, :], dist[..., r], size[..., r], error[..., r]
+                turn = _cross(best_to, to_r)
+                tol = best_size * error_r + size_r * best_error + best_error * error_r + 2 * unit * best_size * size_r
+                unsure = (turn.abs() <= tol) & (tol > 0) & (best != r)
+                if bool(unsure.any()):
+                    n = unsure.nonzero(as_tuple=True)[0]
+                    b_n, c_n = best[n], current[n]
+                    exact, exact_size = _turns(
+                        inside[n, b_n], inside[n, r], box[b_n], box[r], box[c_n],
+                        (alpha[n, b_n], beta[n, b_n]), (alpha[n, r], beta[n, r]), (alpha[n, c_n], beta[n, c_n]),
+                        (du[n, b_n], dv[n, b_n]), (du[n, c_n], dv[n, c_n]), s_all[n, b_n], s_all[n, r],
+                        cos_ab[n], sin_ab[n],
+                    )
+                    turn, tol = turn.index_put((n,), exact), tol.index_put((n,), 16 * unit * exact_size)
                 farther = (dist_r > best_dist) & (_dot(best_to, to_r) >= 0)  # on, and beyond, the best
                 take = candidate[..., r] & ((turn < -tol) | ((turn <= tol) & farther))
                 best = torch.where(take, r, best)
                 best_dist = torch.where(take, dist_r, best_dist)
                 best_to = torch.where(take[..., None], to_r, best_to)
+                best_size, best_error = torch.where(take, size_r, best_size), torch.where(take, error_r, best_error)
             step = torch.where(done, current, best)
             visited = visited | torch.nn.functional.one_hot(step, count).bool()
             done = done | (step == start) | (step == current)
@@ -554,7 +566,7 @@ def _hull_area(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) -> 
         order.append(start)
         index = torch.stack(order, dim=-1)  # (..., 10)
         pairs = index[..., :-1] * count + index[..., 1:]
-    return 0.5 * table.cross().flatten(-2).gather(-1, pairs).sum(dim=-1)
+    return (0.5 * table.cross().flatten(-2).gather(-1, pairs).sum(dim=-1)).reshape(batch)
 
 
 def rotated_box_similarity(pred: Frames, target: Frames, kind: str, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
