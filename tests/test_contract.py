@@ -35,6 +35,16 @@ def test_reductions_agree(key: str) -> None:
 
 
 @pytest.mark.parametrize("key", LOSSES)
+def test_no_positives_gives_the_sum(key: str) -> None:
+    """``avg_factor=0`` (a batch without positives) is the sum: finite, no division by ~0."""
+    inputs = sample_inputs(key, 6, dtype=torch.float64)
+    loss = call(key, inputs, reduction="mean", avg_factor=0)
+    torch.testing.assert_close(loss, call(key, inputs, reduction="sum"))
+    loss.backward()
+    assert all(torch.isfinite(t.grad).all() for t in inputs if t.requires_grad and t.grad is not None)
+
+
+@pytest.mark.parametrize("key", LOSSES)
 def test_empty_input_is_zero_with_gradient(key: str) -> None:
     inputs = sample_inputs(key, 0)
     for reduction in ("mean", "sum"):
