@@ -13,21 +13,34 @@ enclosing box spans the inverted box's corners, so it still holds both centres.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
-from detloss._checks import check_boxes, check_choice, check_range, check_same_device, upcast
+from detloss._checks import check_boxes, check_broadcasts_with, check_choice, check_range, check_same_device, upcast
 from detloss._typing import BoxFormat, IoUKind
 from detloss.boxes.convert import BOX_FORMATS, to_xyxy
 from detloss.errors import DetLossError
 
-__all__ = ["IOU_KINDS", "aligned_iou", "box_similarity", "pairwise_iou", "prepare_pair"]
+__all__ = [
+    "FOUR_OVER_PI2",
+    "IOU_KINDS",
+    "aligned_iou",
+    "box_similarity",
+    "ciou_gate",
+    "extent",
+    "pairwise_iou",
+    "prepare_pair",
+]
 
-IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou")
+#: The kinds of :func:`aligned_iou` and :func:`pairwise_iou`: the one list, read from the type.
+IOU_KINDS: tuple[str, ...] = get_args(IoUKind)
+#: What :func:`box_similarity` computes: the public kinds and Wise-IoU v1's similarity.
+_KERNEL_KINDS: tuple[str, ...] = (*IOU_KINDS, "wiou")
 #: Elements of one pairwise block (rows x columns): bounds the memory of ``pairwise_iou``.
 PAIRWISE_BLOCK = 1 << 22
-_FOUR_OVER_PI2 = 4.0 / math.pi**2
+#: CIoU's constant in ``v = 4 / pi^2 (atan(w_t / h_t) - atan(w / h))^2``.
+FOUR_OVER_PI2 = 4.0 / math.pi**2
 
 AspectGrad = Literal["exact", "paper"]
 
@@ -38,10 +51,23 @@ def aspect_angle(w: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.atan2(w + eps, h + eps)
 
 
-def _extent(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def extent(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(lo, hi)`` sorted, choosing by ``hi >= lo`` so a valid side keeps its gradients."""
     valid = hi >= lo
     return torch.where(valid, lo, hi), torch.where(valid, hi, lo)
+
+
+def ciou_gate(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """Where the journal CIoU keeps its aspect term: ``IoU >= 0.5``, decided as ``2 I >= U > 0``.
+
+    ``inter`` and ``union`` are the areas WITHOUT the ``eps`` that the IoU's denominator
+    carries: that ``eps`` is lost to rounding in float32 but not in float64, so deciding on
+    ``I / (U + eps)`` would put a pair with IoU exactly 0.5 on different sides in different
+    dtypes. Doubling is exact, so the decision is exact for the computed areas (and the same
+    in every dtype whenever the areas are, e.g. for integer coordinates). ``I > 0`` keeps two
+    empty boxes (``I = U = 0``, IoU 0) out.
+    """
+    return (2 * inter >= union) & (inter > 0)
 
 
 def box_similarity(
@@ -75,6 +101,7 @@ def box_similarity(
     - ``wiou`` (for ``wiou_loss`` only, not in ``IOU_KINDS``): ``1 - R (1 - iou)``,
       ``R = exp(rho^2 / c^2*)`` with ``c^2`` detached (Wise-IoU v1, Tong et al., arXiv 2301.10051)
     """
+    check_choice("box_similarity", "kind", kind, _KERNEL_KINDS)
     px1, py1, px2, py2 = pred.unbind(-1)
     tx1, ty1, tx2, ty2 = target.unbind(-1)
     pw, ph = (px2 - px1).clamp(min=0), (py2 - py1).clamp(min=0)
@@ -82,15 +109,16 @@ def box_similarity(
     iw = (torch.minimum(px2, tx2) - torch.maximum(px1, tx1)).clamp(min=0)
     ih = (torch.minimum(py2, ty2) - torch.maximum(py1, ty1)).clamp(min=0)
     inter = iw * ih
-    union = pw * ph + tw * th - inter + eps
+    union_area = pw * ph + tw * th - inter
+    union = union_area + eps
     iou = inter / union
     if kind == "iou":
         return iou, iou
     # the enclosing box spans each box's extent, an inverted side's too, so that it holds
     # both centres: rho <= c, and every penalty keeps its valid-box bound (WIoU's exp(rho^2 /
     # c^2) <= e, not inf). For valid boxes (x1 <= x2) values and gradients are unchanged.
-    (pl, pr), (tl, tr) = _extent(px1, px2), _extent(tx1, tx2)
-    (pt, pb), (tt, tb) = _extent(py1, py2), _extent(ty1, ty2)
+    (pl, pr), (tl, tr) = extent(px1, px2), extent(tx1, tx2)
+    (pt, pb), (tt, tb) = extent(py1, py2), extent(ty1, ty2)
     cw = torch.maximum(pr, tr) - torch.minimum(pl, tl)
     ch = torch.maximum(pb, tb) - torch.minimum(pt, tt)
     if kind == "giou":
@@ -114,12 +142,12 @@ def box_similarity(
         return diou, iou
     if kind == "eiou":
         return diou - (pw - tw) ** 2 / (cw * cw + eps) - (ph - th) ** 2 / (ch * ch + eps), iou
-    # ciou
-    v = _FOUR_OVER_PI2 * (aspect_angle(tw, th, eps) - aspect_angle(pw, ph, eps)) ** 2
+    # ciou (the kind was checked on entry)
+    v = FOUR_OVER_PI2 * (aspect_angle(tw, th, eps) - aspect_angle(pw, ph, eps)) ** 2
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
         if alpha_gate:
-            alpha = torch.where(iou >= 0.5, alpha, torch.zeros_like(alpha))
+            alpha = torch.where(ciou_gate(inter, union_area), alpha, torch.zeros_like(alpha))
     if aspect_grad == "paper":
         scale = (pw * pw + ph * ph).detach()
         v = v.detach() + scale * (v - v.detach())
@@ -147,12 +175,7 @@ def prepare_pair(
     check_choice(where, "box_format", box_format, BOX_FORMATS)
     check_range(where, "eps", eps, 0.0, 1.0, low_open=True)
     if broadcast:
-        try:
-            torch.broadcast_shapes(pred.shape, target.shape)
-        except RuntimeError:
-            raise DetLossError.bad_argument(
-                where, names[1], f"a shape that broadcasts with `{names[0]}` {tuple(pred.shape)}", tuple(target.shape)
-            ) from None
+        check_broadcasts_with(where, names[0], pred, names[1], target)
     dtype = _compute_dtype(pred, target)
     return to_xyxy(pred.to(dtype), box_format), to_xyxy(target.to(dtype), box_format)
 

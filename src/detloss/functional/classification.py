@@ -39,10 +39,21 @@ import torch
 import torch.nn.functional as tnf
 
 from detloss import _fused
-from detloss._checks import check_choice, check_floating, check_range, check_same_device, check_same_shape, upcast
+from detloss._checks import (
+    check_broadcasts_to,
+    check_broadcasts_with,
+    check_choice,
+    check_flag,
+    check_floating,
+    check_range,
+    check_same_device,
+    check_same_shape,
+    upcast,
+)
 from detloss._typing import AvgFactor, BoxFormat, IoUKind, Reduction
 from detloss.boxes.iou import IOU_KINDS, box_similarity, prepare_pair
 from detloss.errors import DetLossError
+from detloss.functional._math import finite_pow
 from detloss.reduction import reduce_loss
 
 __all__ = [
@@ -153,14 +164,11 @@ def _class_vector(where: str, name: str, values: object, x: torch.Tensor, *, uni
 def _safe_pow(base: torch.Tensor, exponent: float) -> torch.Tensor:
     """``base ** exponent`` for ``base`` in ``[0, 1]``, with a finite gradient for any exponent >= 0.
 
-    Exponent 0 gives exactly 1 (no factor); an exponent in (0, 1) holds the base at the
-    smallest normal float, where the true derivative is infinite.
+    Exponent 0 gives exactly 1 (no factor); for an exponent in (0, 1), where the true
+    derivative at 0 is infinite, a base below the smallest normal float gets no gradient
+    and keeps its exact value (:func:`~detloss.functional._math.finite_pow`).
     """
-    if exponent == 0:
-        return torch.ones_like(base)
-    if exponent < 1:
-        base = base.clamp(min=torch.finfo(base.dtype).tiny)
-    return base.pow(exponent)
+    return finite_pow(base, exponent, torch.finfo(base.dtype).tiny)
 
 
 def _one_minus_pt(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -372,14 +380,7 @@ def binary_cross_entropy_loss(
     if isinstance(pos_weight, torch.Tensor):
         check_floating(where, "pos_weight", pos_weight)
         pw = pos_weight.to(device=x.device, dtype=x.dtype)
-        try:
-            ok = torch.broadcast_shapes(x.shape, pw.shape) == x.shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise DetLossError.bad_argument(
-                where, "pos_weight", f"a shape that broadcasts to {tuple(x.shape)}", f"shape {tuple(pw.shape)}"
-            )
+        check_broadcasts_to(where, "pos_weight", pw, x.shape)
     elif pos_weight is not None:
         check_range(where, "pos_weight", pos_weight, 0.0, _UNBOUNDED, high_open=True)
     loss = _bce_elementwise(x, t, pw)
@@ -553,14 +554,7 @@ def ghm_c_loss(
     if weight is not None:
         check_floating(where, "weight", weight)
         check_same_device(where, "pred", x, "weight", weight)
-        try:
-            ok = torch.broadcast_shapes(x.shape, weight.shape) == x.shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise DetLossError.bad_argument(
-                where, "weight", f"a shape that broadcasts to {tuple(x.shape)}", f"shape {tuple(weight.shape)}"
-            )
+        check_broadcasts_to(where, "weight", weight, x.shape)
     with torch.no_grad():
         g = (torch.sigmoid(x) - t).abs()
         index = (g * bins).floor().clamp(0, bins - 1).long()
@@ -581,6 +575,8 @@ def ghm_c_loss(
         beta = beta / occupied.sum().clamp(min=1)
         harmonizer = torch.where(valid, beta[index], torch.zeros_like(x))
     loss = _bce_elementwise(x, t, None) * harmonizer
+    if reduction == "mean" and avg_factor is None:
+        avg_factor = total  # the paper's N: the valid elements, not every element
     return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
@@ -625,8 +621,7 @@ def iou_aware_loss(
     where = "iou_aware_loss"
     x = _logits(where, "pred", pred)
     check_choice(where, "kind", kind, IOU_KINDS)
-    if not isinstance(detach_target, bool):
-        raise DetLossError.bad_argument(where, "detach_target", "True or False", repr(detach_target))
+    check_flag(where, "detach_target", detach_target)
     p, t = prepare_pair(where, pred_boxes, target_boxes, box_format, eps, names=("pred_boxes", "target_boxes"))
     check_same_device(where, "pred_boxes", p, "pred", x)
     pairs = torch.broadcast_shapes(p.shape, t.shape)[:-1]
@@ -664,12 +659,7 @@ def iou_aware_score(cls_prob: torch.Tensor, iou: torch.Tensor, *, alpha: float =
     q = _logits(where, "iou", iou)
     check_range(where, "alpha", alpha, 0.0, 1.0)
     check_same_device(where, "cls_prob", p, "iou", q)
-    try:
-        torch.broadcast_shapes(p.shape, q.shape)
-    except RuntimeError:
-        raise DetLossError.bad_argument(
-            where, "iou", f"a shape that broadcasts with `cls_prob` {tuple(p.shape)}", f"shape {tuple(q.shape)}"
-        ) from None
+    check_broadcasts_with(where, "cls_prob", p, "iou", q)
     return p.clamp(0.0, 1.0).pow(1.0 - alpha) * q.clamp(0.0, 1.0).pow(alpha)
 
 

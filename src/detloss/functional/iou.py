@@ -17,6 +17,7 @@ from detloss._typing import AvgFactor, BoxFormat, IoUKind, Reduction
 from detloss.boxes.convert import convert, to_xyxy
 from detloss.boxes.iou import IOU_KINDS, box_similarity, prepare_pair
 from detloss.errors import DetLossError
+from detloss.functional._math import finite_pow
 from detloss.reduction import reduce_loss
 
 __all__ = [
@@ -31,9 +32,34 @@ __all__ = [
     "iou_loss",
     "mpdiou_loss",
     "nwd_loss",
+    "reduce_box_loss",
     "siou_loss",
     "wiou_loss",
 ]
+
+
+def reduce_box_loss(
+    loss: torch.Tensor,
+    reduction: Reduction,
+    *,
+    weight: torch.Tensor | None,
+    avg_factor: AvgFactor | None,
+    where: str,
+) -> torch.Tensor:
+    """:func:`~detloss.reduction.reduce_loss` for a loss with one value per box pair.
+
+    Besides a weight per pair (the loss's shape, or one that broadcasts to it), a box loss
+    takes the two layouts of the detection frameworks: one weight per coordinate, ``(..., 4)``
+    like the boxes (mmdetection's ``bbox_weights``), averaged over the coordinates, and a
+    trailing singleton, ``(..., 1)`` (ultralytics' ``target_scores.sum(-1, keepdim=True)``),
+    dropped.
+    """
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.dim() == loss.dim() + 1:
+        if weight.shape[-1] == 4:
+            weight = weight.mean(dim=-1)
+        elif weight.shape[-1] == 1:
+            weight = weight.squeeze(-1)
+    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
 def box_loss(
@@ -85,7 +111,7 @@ def iou_loss(
     loss, iou = box_loss("iou_loss", "iou", pred, target, box_format, eps)
     if mode == "log":
         loss = -torch.log(iou.clamp(min=eps))
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="iou_loss")
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="iou_loss")
 
 
 def giou_loss(
@@ -110,7 +136,7 @@ def giou_loss(
         tensor(1.3333)
     """
     loss, _ = box_loss("giou_loss", "giou", pred, target, box_format, eps)
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="giou_loss")
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="giou_loss")
 
 
 def diou_loss(
@@ -135,7 +161,7 @@ def diou_loss(
         tensor(1.4324)
     """
     loss, _ = box_loss("diou_loss", "diou", pred, target, box_format, eps)
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="diou_loss")
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="diou_loss")
 
 
 def ciou_loss(
@@ -180,7 +206,7 @@ def ciou_loss(
     check_choice("ciou_loss", "grad_mode", grad_mode, ("exact", "paper"))
     check_flag("ciou_loss", "alpha_gate", alpha_gate)
     loss, _ = box_loss("ciou_loss", "ciou", pred, target, box_format, eps, alpha_gate=alpha_gate, aspect_grad=grad_mode)
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="ciou_loss")
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="ciou_loss")
 
 
 def eiou_loss(
@@ -210,18 +236,10 @@ def eiou_loss(
         tensor(0.8000)
     """
     loss, _ = box_loss("eiou_loss", "eiou", pred, target, box_format, eps)
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="eiou_loss")
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="eiou_loss")
 
 
 # ---------------------------------------------------------------- newer IoU-family losses (issue 3)
-
-
-def _power(x: torch.Tensor, p: float, eps: float) -> torch.Tensor:
-    """``max(x, 0) ** p`` whose gradient stays finite: for ``p < 1`` the slope of ``x ** p`` is
-    infinite at 0, so below ``eps`` the value is kept and the gradient is 0."""
-    if p >= 1:
-        return x.clamp(min=0) ** p
-    return torch.where(x < eps, x.detach().clamp(min=0) ** p, x.clamp(min=eps) ** p)
 
 
 def focal_eiou_loss(
@@ -266,8 +284,8 @@ def focal_eiou_loss(
     else:
         p, t = prepare_pair(where, pred, target, box_format, eps)
         similarity, iou = box_similarity(p, t, "eiou", eps)
-        loss, focus = 1.0 - similarity, _power(iou, gamma, eps)
-    return reduce_loss(focus * loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
+        loss, focus = 1.0 - similarity, finite_pow(iou, gamma, eps)
+    return reduce_box_loss(focus * loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
 def siou_loss(
@@ -308,7 +326,7 @@ def siou_loss(
     where = "siou_loss"
     check_range(where, "theta", theta, 1.0)
     loss, _ = box_loss(where, "siou", pred, target, box_format, eps, siou_theta=float(theta))
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
 ALPHA_IOU_KINDS = ("iou", "giou", "diou", "ciou")
@@ -359,13 +377,13 @@ def alpha_iou_loss(
     check_choice(where, "kind", kind, ALPHA_IOU_KINDS)
     p, t = prepare_pair(where, pred, target, box_format, eps)
     similarity, iou = box_similarity(p, t, "diou" if kind == "ciou" else kind, eps)
-    loss = 1.0 - _power(iou, alpha, eps)
+    loss = 1.0 - finite_pow(iou, alpha, eps)
     if kind != "iou":
-        loss = loss + _power(iou - similarity, alpha, eps)
+        loss = loss + finite_pow(iou - similarity, alpha, eps)
     if kind == "ciou":
         ciou, _ = box_similarity(p, t, "ciou", eps)
-        loss = loss + _power(similarity - ciou, alpha, eps)  # beta v, beta constant
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
+        loss = loss + finite_pow(similarity - ciou, alpha, eps)  # beta v, beta constant
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
 WIOU_VERSIONS = ("v1", "v3")
@@ -418,7 +436,7 @@ def _wiou_loss(
                 mean = torch.where(torch.isnan(running), batch_mean, updated)
         outlier = l_iou / mean.clamp(min=eps)  # beta of the paper
         loss = loss * (outlier / (delta * alpha ** (outlier - delta)))
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where), mean
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where), mean
 
 
 def wiou_loss(
@@ -532,7 +550,7 @@ def mpdiou_loss(
     _, iou = box_similarity(p, t, "iou", eps)
     corners = (p - t) ** 2  # (x1, y1, x2, y2) offsets squared: d1^2 = [0] + [1], d2^2 = [2] + [3]
     loss = 1.0 - iou + corners.sum(dim=-1) / (width * width + height * height)
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
 def _shrink(boxes: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -579,7 +597,7 @@ def inner_iou_loss(
     similarity, iou = box_similarity(p, t, kind, eps)
     inner, _ = box_similarity(_shrink(p, ratio), _shrink(t, ratio), "iou", eps)
     loss = 1.0 - similarity + iou - inner
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
 def nwd_loss(
@@ -624,4 +642,4 @@ def nwd_loss(
     dh = ph.clamp(min=0) - th.clamp(min=0)
     w2 = (pcx - tcx) ** 2 + (pcy - tcy) ** 2 + 0.25 * (dw * dw + dh * dh)
     loss = 1.0 - torch.exp(-torch.sqrt(w2.clamp(min=eps * eps)) / constant)
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
