@@ -97,6 +97,28 @@ def test_module_equals_function_with_same_defaults(key: str) -> None:
 
 
 @pytest.mark.parametrize("key", LOSSES)
+def test_module_forward_names_the_function_inputs(key: str) -> None:
+    """``help()`` and ``inspect.signature`` show ``forward(pred, target, weight, avg_factor)``
+    (``iou_aware``: its three inputs), and the names work as keywords."""
+    spec = get_spec(key)
+    inputs = [p.name for p in inspect.signature(spec.function).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert inputs[:2] == ["pred", "target"] or inputs == ["pred", "pred_boxes", "target_boxes"]
+    params = list(inspect.signature(spec.module.forward).parameters)
+    assert params == ["self", *inputs, "weight", "avg_factor"]
+    module = spec.module(**dict(spec.call_options))
+    values = sample_inputs(key, 4, dtype=torch.float64, requires_grad=False)
+    expected = spec.function(*values, **dict(spec.call_options), avg_factor=2.0)
+    torch.testing.assert_close(module(*values, avg_factor=2.0), expected)
+    torch.testing.assert_close(module(**dict(zip(inputs, values)), avg_factor=2.0), expected)
+    shape = spec.function(*values, **dict(spec.call_options), reduction="none").shape
+    weight = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    positional = module(*values, weight)  # weight is the parameter after the inputs
+    torch.testing.assert_close(positional, spec.function(*values, **dict(spec.call_options), weight=weight))
+    with pytest.raises(TypeError):
+        module(*values, no_such_input=1)
+
+
+@pytest.mark.parametrize("key", LOSSES)
 def test_gradcheck_float64(key: str) -> None:
     spec = get_spec(key)
     options = dict(spec.exact_options or ())

@@ -18,6 +18,7 @@ __all__ = [
     "check_finite_number",
     "check_flag",
     "check_floating",
+    "check_integer",
     "check_range",
     "check_same_device",
     "check_same_shape",
@@ -112,6 +113,12 @@ def check_range(
         ok = value < high if high_open else value <= high
     if not ok:
         raise DetLossError.bad_argument(where, name, f"a number in {span}", repr(value))
+
+
+def check_integer(where: str, name: str, value: Any, low: int) -> None:
+    """Raise unless ``value`` is an integer ``>= low`` (a bool is not an integer here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise DetLossError.bad_argument(where, name, f"an integer >= {low}", repr(value))
 
 
 def check_finite_number(where: str, name: str, value: Any) -> None:

@@ -45,6 +45,7 @@ from detloss._checks import (
     check_choice,
     check_flag,
     check_floating,
+    check_integer,
     check_range,
     check_same_device,
     check_same_shape,
@@ -538,8 +539,7 @@ def ghm_c_loss(
     where = "ghm_c_loss"
     x = _logits(where, "pred", pred)
     t = _dense_target(where, x, target)
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise DetLossError.bad_argument(where, "bins", "an integer >= 1", repr(bins))
+    check_integer(where, "bins", bins, 1)
     check_range(where, "momentum", momentum, 0.0, 1.0, high_open=True)
     if running_count is not None:
         check_floating(where, "running_count", running_count)
