@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 import torch
@@ -179,3 +180,41 @@ def test_every_backend_gives_the_reference_values_and_gradients(key: str, backen
     assert len(grads) == len(ref_grads) > 0
     for grad, ref in zip(grads, ref_grads):
         torch.testing.assert_close(grad, ref, **tol)
+
+
+def documented_arguments(obj: object) -> list[str]:
+    """The names an ``Args:`` section lists (``name: ...`` lines indented once under it)."""
+    doc = inspect.getdoc(obj) or ""
+    lines = doc.splitlines()
+    if "Args:" not in lines:
+        return []
+    names = []
+    for line in lines[lines.index("Args:") + 1 :]:
+        if line and not line.startswith(" "):
+            break  # the next section
+        match = re.match(r"^ {4}(\w+):", line)
+        if match:
+            names.append(match.group(1))
+    return names
+
+
+def public_functions() -> list[tuple[str, object]]:
+    from detloss import boxes, functional
+    from detloss.boxes.iou import box_similarity
+    from detloss.reduction import global_avg_factor, reduce_loss
+
+    found = [(f"functional.{n}", getattr(functional, n)) for n in functional.__all__]
+    found += [(f"boxes.{n}", getattr(boxes, n)) for n in boxes.__all__ if callable(getattr(boxes, n))]
+    found += [("boxes.BoxCoder.encode", boxes.BoxCoder.encode), ("boxes.BoxCoder.decode", boxes.BoxCoder.decode)]
+    found += [("box_similarity", box_similarity), ("reduce_loss", reduce_loss)]
+    return [*found, ("global_avg_factor", global_avg_factor)]
+
+
+@pytest.mark.parametrize(("name", "obj"), public_functions(), ids=[n for n, _ in public_functions()])
+def test_docstrings_document_every_parameter(name: str, obj: object) -> None:
+    """kornia's style: an ``Args:`` entry per parameter, in order, and ``Shape:`` for the losses."""
+    target = obj.__init__ if inspect.isclass(obj) else obj  # type: ignore[misc]
+    params = [p for p in inspect.signature(target).parameters if p != "self"]
+    assert documented_arguments(obj) == params
+    if name.startswith("functional.") and name.endswith("_loss"):
+        assert "Shape:" in (inspect.getdoc(obj) or "").splitlines()

@@ -115,6 +115,9 @@ def global_avg_factor(n: float | int | torch.Tensor) -> float | torch.Tensor:
     by the world size (as :mod:`detloss.detection` does). Without distributed, it is
     ``max(n, 1)``.
 
+    Args:
+        n: this rank's count, a number or a tensor.
+
     Example:
         >>> global_avg_factor(0)
         1.0

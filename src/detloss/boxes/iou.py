@@ -90,7 +90,8 @@ def box_similarity(
     - ``diou``: ``iou - rho^2 / (c^2 + eps)`` (Zheng et al., AAAI 2020, Eq. 6)
     - ``ciou``: ``diou - alpha v``, ``v = 4/pi^2 (atan(w_t/h_t) - atan(w/h))^2``,
       ``alpha = v / (1 - iou + v + eps)`` without gradient (AAAI 2020, Eqs. 8-11);
-      ``alpha_gate`` zeroes alpha where ``iou < 0.5`` (journal version, arXiv 2005.03572);
+      ``alpha_gate`` zeroes alpha where ``IoU < 0.5`` (journal version, arXiv 2005.03572),
+      decided by :func:`ciou_gate` on the areas without ``eps``;
       ``aspect_grad="paper"`` scales the gradient of ``v`` by ``w^2 + h^2`` (the paper's
       replacement of ``1/(w^2 + h^2)`` by 1)
     - ``eiou``: ``diou - (w - w_t)^2 / (C_w^2 + eps) - (h - h_t)^2 / (C_h^2 + eps)``
@@ -100,6 +101,18 @@ def box_similarity(
       ``Omega = sum_t (1 - exp(-|w - w_t| / max(w, w_t)))^theta`` (Gevorgyan, arXiv 2205.12740)
     - ``wiou`` (for ``wiou_loss`` only, not in ``IOU_KINDS``): ``1 - R (1 - iou)``,
       ``R = exp(rho^2 / c^2*)`` with ``c^2`` detached (Wise-IoU v1, Tong et al., arXiv 2301.10051)
+
+    Args:
+        pred: ``xyxy`` boxes, float32 or float64.
+        target: ``xyxy`` boxes of ``pred``'s dtype, broadcasting with it.
+        kind: one of ``IOU_KINDS`` or ``"wiou"``; anything else raises.
+        eps: added to the denominators.
+        alpha_gate: CIoU's journal gate (:func:`ciou_gate`).
+        aspect_grad: CIoU's gradient of ``v``: ``"exact"`` or ``"paper"``.
+        siou_theta: SIoU's shape exponent.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting; both outputs: ``(*)``.
     """
     check_choice("box_similarity", "kind", kind, _KERNEL_KINDS)
     px1, py1, px2, py2 = pred.unbind(-1)
@@ -193,7 +206,17 @@ def aligned_iou(
     :func:`box_similarity`). Shapes broadcast. Half-precision inputs are computed and
     returned in float32 (300-pixel boxes overflow float16 areas).
 
-    Example (seed 004's ``ltwh`` boxes, ground truth first):
+    Args:
+        pred: boxes in ``box_format``, floating.
+        target: boxes in ``box_format``, broadcasting with ``pred``.
+        kind: ``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"``, ``"eiou"`` or ``"siou"``.
+        box_format: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
+        eps: in ``(0, 1]``, added to the denominators (union, enclosing box, diagonal).
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting; output: ``(*)``.
+
+    Example (``xywh`` boxes: left, top, width, height):
         >>> gt = torch.tensor([0.0, 0.0, 4.0, 2.0])
         >>> pred = torch.tensor([2.0, 0.0, 4.0, 2.0])
         >>> aligned_iou(pred, gt, "iou", "xywh")  # overlap 2 x 2 = 4, union 8 + 8 - 4 = 12
@@ -221,6 +244,16 @@ def pairwise_iou(
     Entry ``[i, j]`` equals ``aligned_iou(boxes1[i], boxes2[j], kind)``: the same kernel
     runs on blocks of rows, so memory stays bounded (about ``PAIRWISE_BLOCK`` pairs per
     block beyond the ``N x M`` result) for any ``N x M``.
+
+    Args:
+        boxes1: ``N`` boxes in ``box_format``, floating.
+        boxes2: ``M`` boxes in ``box_format``.
+        kind: ``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"``, ``"eiou"`` or ``"siou"``.
+        box_format: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
+        eps: in ``(0, 1]``, added to the denominators.
+
+    Shape:
+        - boxes1: ``(N, 4)``; boxes2: ``(M, 4)``; output: ``(N, M)``.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0]])

@@ -69,6 +69,18 @@ def l1_loss(
     dominate, but it does not shrink near the optimum (DETR uses it, next to GIoU, on
     normalised ``cxcywh`` boxes).
 
+    Args:
+        pred: predictions (raw coordinates or encoded deltas), any shape, floating.
+        target: regression targets, ``pred``'s shape.
+        weight: broadcasts to ``pred``'s shape (e.g. ``(N, 1)``: one weight per row).
+        reduction: ``"none"`` (``pred``'s shape), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements; below 1 it
+            counts as 1.
+
+    Shape:
+        - pred, target: ``(*)``, the same.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
+
     Example:
         >>> l1_loss(torch.tensor([0.5, -2.0, 3.0]), torch.zeros(3), reduction="none")
         tensor([0.5000, 2.0000, 3.0000])
@@ -92,6 +104,18 @@ def l2_loss(
 
     No factor 1/2 (as ``torch.nn.MSELoss``). Its gradient ``2x`` grows with the error, so
     outliers dominate: the reason Fast R-CNN replaced it with smooth L1 (Girshick, ICCV 2015).
+
+    Args:
+        pred: predictions (raw coordinates or encoded deltas), any shape, floating.
+        target: regression targets, ``pred``'s shape.
+        weight: broadcasts to ``pred``'s shape (e.g. ``(N, 1)``: one weight per row).
+        reduction: ``"none"`` (``pred``'s shape), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements; below 1 it
+            counts as 1.
+
+    Shape:
+        - pred, target: ``(*)``, the same.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> l2_loss(torch.tensor([0.5, -2.0, 3.0]), torch.zeros(3), reduction="none")
@@ -122,6 +146,19 @@ def smooth_l1_loss(
     gradient ``clamp(x / beta, -1, 1)``. ``beta = 0`` is exactly L1 (computed as such, with
     no division by zero); ``beta * smooth_l1(beta)`` is :func:`huber_loss` with
     ``delta = beta``. ``beta`` must be ``>= 0``.
+
+    Args:
+        pred: predictions (raw coordinates or encoded deltas), any shape, floating.
+        target: regression targets, ``pred``'s shape.
+        beta: where the quadratic zone ends, ``>= 0`` (0: L1).
+        weight: broadcasts to ``pred``'s shape (e.g. ``(N, 1)``: one weight per row).
+        reduction: ``"none"`` (``pred``'s shape), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements; below 1 it
+            counts as 1.
+
+    Shape:
+        - pred, target: ``(*)``, the same.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> x = torch.tensor([0.5, -2.0, 3.0])
@@ -160,6 +197,19 @@ def huber_loss(
     Identity: ``huber_loss(delta=d) == d * smooth_l1_loss(beta=d)``; smooth L1 keeps slope 1
     outside, Huber keeps curvature 1 inside. ``delta`` must be ``> 0`` (at 0 the loss is
     identically 0).
+
+    Args:
+        pred: predictions (raw coordinates or encoded deltas), any shape, floating.
+        target: regression targets, ``pred``'s shape.
+        delta: where the quadratic zone ends, ``> 0``.
+        weight: broadcasts to ``pred``'s shape (e.g. ``(N, 1)``: one weight per row).
+        reduction: ``"none"`` (``pred``'s shape), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements; below 1 it
+            counts as 1.
+
+    Shape:
+        - pred, target: ``(*)``, the same.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> huber_loss(torch.tensor([0.5, -2.0, 3.0]), torch.zeros(3), delta=2.0, reduction="none")
@@ -205,6 +255,21 @@ def balanced_l1_loss(
     ``alpha/b (b|x| + 1) ln(b|x|/beta + 1) - alpha|x|`` instead, equal for ``beta = 1`` but
     with a jump of the gradient at ``|x| = beta`` otherwise. ``alpha``, ``gamma`` and ``beta``
     must be ``> 0``.
+
+    Args:
+        pred: predictions (raw coordinates or encoded deltas), any shape, floating.
+        target: regression targets, ``pred``'s shape.
+        alpha: the inliers' gradient scale, ``> 0`` (0.5).
+        gamma: the outliers' slope, ``> 0`` (1.5); with ``alpha`` it fixes ``b``.
+        beta: where the logarithmic zone ends, ``> 0`` (1).
+        weight: broadcasts to ``pred``'s shape (e.g. ``(N, 1)``: one weight per row).
+        reduction: ``"none"`` (``pred``'s shape), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements; below 1 it
+            counts as 1.
+
+    Shape:
+        - pred, target: ``(*)``, the same.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> x = torch.tensor([0.0, 0.5, 1.0, 3.0])
