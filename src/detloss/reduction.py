@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import get_args
 
 import torch
 
@@ -13,7 +14,7 @@ from detloss.errors import DetLossError
 
 __all__ = ["MIN_AVG_FACTOR", "REDUCTIONS", "global_avg_factor", "reduce_loss"]
 
-REDUCTIONS = ("none", "mean", "sum")
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 #: The smallest normaliser: ``avg_factor`` below it counts as it (no positives: the plain sum).
 MIN_AVG_FACTOR = 1.0
 

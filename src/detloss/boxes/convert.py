@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 
 from detloss._checks import check_boxes, check_choice
@@ -9,7 +11,8 @@ from detloss._typing import BoxFormat
 
 __all__ = ["BOX_FORMATS", "area", "convert", "to_xyxy"]
 
-BOX_FORMATS: tuple[str, ...] = ("xyxy", "xywh", "cxcywh")
+#: The box layouts, read from the type :data:`detloss._typing.BoxFormat`.
+BOX_FORMATS: tuple[str, ...] = get_args(BoxFormat)
 
 
 def to_xyxy(boxes: torch.Tensor, box_format: str) -> torch.Tensor:
