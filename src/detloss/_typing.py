@@ -8,7 +8,7 @@ import torch
 
 __all__ = ["AvgFactor", "BoxFormat", "IoUKind", "Reduction"]
 
-#: Box layouts: corners, left-top-width-height (seed 004), centre-width-height.
+#: Box layouts: corners, left-top-width-height (COCO), centre-width-height (YOLO).
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
 #: Overlap measures computed by the one geometry kernel in :mod:`detloss.boxes.iou`.
 IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou"]

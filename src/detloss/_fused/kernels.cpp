@@ -106,7 +106,8 @@ DETLOSS_INLINE void iou_pair(const T* __restrict p, const T* __restrict t, const
   const T ihr = (py2 < ty2 ? py2 : ty2) - (py1 > ty1 ? py1 : ty1);
   const T iw = pos(iwr), ih = pos(ihr);
   const T inter = iw * ih;
-  const T uni = pw * ph + tw * th - inter + eps;
+  const T uni_area = pw * ph + tw * th - inter;
+  const T uni = uni_area + eps;
   const T iou = inter / uni;
   I = iou;
   T s = iou;
@@ -145,7 +146,8 @@ DETLOSS_INLINE void iou_pair(const T* __restrict p, const T* __restrict t, const
       dA = Math<T>::atan2_pos(tw + eps, th + eps) - Math<T>::atan2_pos(pw + eps, ph + eps);
       const T v = T(kFourOverPi2) * (dA * dA);
       alpha = v / (T(1) - iou + v + eps);
-      if (gate) alpha = iou >= T(0.5) ? alpha : T(0);
+      // journal gate IoU >= 0.5, decided on the areas without eps (detloss.boxes.iou.ciou_gate)
+      if (gate) alpha = ((T(2) * inter >= uni_area) & (inter > T(0))) ? alpha : T(0);
       s = s - alpha * v;
     }
   } else if (K == SIOU || K == SIOU4) {
@@ -535,8 +537,9 @@ DETLOSS_INLINE void binary_elem(T x, T y, const T alpha, const T gamma, const bo
   }
   L = ce * w;
   if (!GRAD) return;
-  // dce/dx = p - y, dce/dy = -x, dp/dx = p q
-  dx = g * ((p - y) * w + ce * dw_dp * (p * q));
+  // dce/dx = p - y = (1 - y) p - y q (exact -q for y = 1, where p - 1 rounds to 0), dce/dy = -x,
+  // dp/dx = p q
+  dx = g * (((T(1) - y) * p - y * q) * w + ce * dw_dp * (p * q));
   dy = g * (-x * w + ce * dw_dy);
 }
 
