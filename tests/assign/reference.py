@@ -120,8 +120,13 @@ def ref_simota(
 ) -> Assignment:
     """SimOTA for one image, the structure of YOLOX's code: compact to the candidates, then
     one object at a time."""
-    near = [[abs(x - (g[0] + g[2]) / 2) < radius * s and abs(y - (g[1] + g[3]) / 2) < radius * s
-             for (x, y), s in zip(points, strides)] for g in gts]  # fmt: skip
+    near = [
+        [
+            abs(x - (g[0] + g[2]) / 2) < radius * s and abs(y - (g[1] + g[3]) / 2) < radius * s
+            for (x, y), s in zip(points, strides)
+        ]
+        for g in gts
+    ]
     in_box = [[_inside(x, y, g, 0.0) for x, y in points] for g in gts]
     if box_prior:
         candidates = [a for a in range(len(points)) if any(near[j][a] or in_box[j][a] for j in range(len(gts)))]
@@ -134,8 +139,10 @@ def ref_simota(
     iou = [[ref_similarity(preds[a], g, "iou", eps=0.0) for a in candidates] for g in gts]  # YOLOX: no eps
 
     def bce(q: float, y: float) -> float:
-        return -(y * max(math.log(q) if q > 0 else -math.inf, -100.0)
-                 + (1 - y) * max(math.log(1 - q) if q < 1 else -math.inf, -100.0))  # fmt: skip
+        return -(
+            y * max(math.log(q) if q > 0 else -math.inf, -100.0)
+            + (1 - y) * max(math.log(1 - q) if q < 1 else -math.inf, -100.0)
+        )
 
     cost = []
     for j in range(len(gts)):

@@ -101,9 +101,13 @@ def test_task_aligned_equals_reference(seed: int, settings: dict[str, Any]) -> N
     p = _problem(seed)
     s = dict(settings)
     assigner = TaskAlignedAssigner(
-        topk=s["topk"], alpha=s["alpha"], beta=s["beta"], iou_kind=s["kind"], rule=s["rule"],
+        topk=s["topk"],
+        alpha=s["alpha"],
+        beta=s["beta"],
+        iou_kind=s["kind"],
+        rule=s["rule"],
         min_box_size=s.get("min_box_size", 0.0),
-    )  # fmt: skip
+    )
     expected = [ref_task_aligned(**_image(p, b), **s) for b in range(p["gt_mask"].shape[0])]
     assert sum(map(len, expected)) > 0
     _check_against(_call(assigner, p), expected, p)
@@ -168,11 +172,14 @@ def test_blocks_of_objects_give_the_same_result(assigner: Any, monkeypatch: pyte
 ROW = make_anchors([(1, 4)], [4], dtype=torch.float64)
 
 
-def _row_call(assigner: Any, preds: list[Box], gts: list[Box], labels: list[int]) -> AssignResult:
+def _row_call(
+    assigner: Any, preds: list[Box], gts: list[Box], labels: list[int], anchors: Anchors = ROW, score: float = 1.0
+) -> AssignResult:
+    count = anchors.points.shape[0]
     return assigner(
-        torch.ones(1, 4, C, dtype=torch.float64),
+        torch.full((1, count, C), score, dtype=torch.float64),
         torch.tensor([preds], dtype=torch.float64),
-        ROW,
+        anchors,
         torch.tensor([labels]),
         torch.tensor([gts], dtype=torch.float64),
         torch.ones(1, len(gts), dtype=torch.bool),
@@ -201,7 +208,11 @@ def test_tal_rules_differ_on_zero_metrics() -> None:
     # (IoU 0, so t = 0). topk 2: tood drops t = 0; ultralytics keeps it, with a 0 soft target.
     anchors = make_anchors([(1, 2)], [4], dtype=torch.float64)
     preds = torch.tensor([[[0.0, 0.0, 4.0, 4.0], [20.0, 0.0, 24.0, 4.0]]], dtype=torch.float64)
-    gt, labels, mask = torch.tensor([[[0.0, 0.0, 8.0, 4.0]]], dtype=torch.float64), torch.tensor([[0]]), torch.ones(1, 1, dtype=torch.bool)
+    gt, labels, mask = (
+        torch.tensor([[[0.0, 0.0, 8.0, 4.0]]], dtype=torch.float64),
+        torch.tensor([[0]]),
+        torch.ones(1, 1, dtype=torch.bool),
+    )
     scores = torch.ones(1, 2, C, dtype=torch.float64)
     tood = TaskAlignedAssigner(topk=2, iou_kind="iou")(scores, preds, anchors, labels, gt, mask)
     ul = TaskAlignedAssigner(topk=2, iou_kind="iou", rule="ultralytics")(scores, preds, anchors, labels, gt, mask)
@@ -283,9 +294,13 @@ def test_atss_anchor_claimed_twice_keeps_the_higher_iou() -> None:
     a, b = [3.0, 3.0, 9.0, 9.0], [4.0, 4.0, 8.5, 8.5]
     for gts, owner in (([a, b], 1), ([b, a], 0)):
         r = ATSSAssigner(topk=5, anchor_scale=1.0)(
-            torch.zeros(1, 9, C), cells, anchors, torch.tensor([[0, 1]]),
-            torch.tensor([gts], dtype=torch.float64), torch.ones(1, 2, dtype=torch.bool),
-        )  # fmt: skip
+            torch.zeros(1, 9, C),
+            cells,
+            anchors,
+            torch.tensor([[0, 1]]),
+            torch.tensor([gts], dtype=torch.float64),
+            torch.ones(1, 2, dtype=torch.bool),
+        )
         assert r.fg_mask[0].nonzero().flatten().tolist() == [4]
         assert int(r.gt_index[0, 4]) == owner  # B, wherever it stands
         assert float(r.scores[0, 4, r.labels[0, 4]]) == pytest.approx(16 / 20.25, rel=1e-6)
@@ -300,12 +315,15 @@ def test_simota_conflict_goes_to_the_cheaper_object() -> None:
     # anchor goes to G1, the cheaper (same class cost, IoU cost 3 (-log 0.588) < 3 (-log 0.5)),
     # and G0 keeps nothing.
     anchors = make_anchors([(1, 5)], [4], dtype=torch.float64)
-    preds = [(0.0, 0.0, 1.0, 1.0), (4.0, 0.0, 7.0, 4.0), (7.5, 0.0, 13.0, 4.0), (12.0, 0.0, 16.0, 4.0), (20.0, 0, 21, 1)]
+    preds = [
+        (0.0, 0.0, 1.0, 1.0),
+        (4.0, 0.0, 7.0, 4.0),
+        (7.5, 0.0, 13.0, 4.0),
+        (12.0, 0.0, 16.0, 4.0),
+        (20.0, 0, 21, 1),
+    ]
     gts = [(4.0, 0.0, 12.0, 4.0), (8.0, 0.0, 16.0, 4.0)]
-    r = SimOTAAssigner()(
-        torch.full((1, 5, C), 0.3, dtype=torch.float64), torch.tensor([preds], dtype=torch.float64), anchors,
-        torch.tensor([[1, 1]]), torch.tensor([gts], dtype=torch.float64), torch.ones(1, 2, dtype=torch.bool),
-    )  # fmt: skip
+    r = _row_call(SimOTAAssigner(), preds, gts, [1, 1], anchors=anchors, score=0.3)
     assert r.gt_index[0].tolist() == [-1, -1, 1, -1, -1]
     assert float(r.scores[0, 2, 1]) == pytest.approx(20 / 34, rel=1e-6)
 
@@ -314,22 +332,13 @@ def test_simota_dynamic_k_truncates_the_iou_sum() -> None:
     # one object (0,0,16,4) centre (8, 2): the region |x - 8| < 6 holds x = 6 and 10 (x = 2 and
     # 14 are 6 away). Predictions: x=6 the object itself (IoU 1), x=10 (2,0,16,4) (56/64).
     # Sum 1.875: k = int(1.875) = 1, so only x=6 (the cheaper) is taken, not both.
-    anchors = make_anchors([(1, 4)], [4], dtype=torch.float64)
     preds = [(0.0, 0.0, 1.0, 1.0), (0.0, 0.0, 16.0, 4.0), (2.0, 0.0, 16.0, 4.0), (30.0, 0.0, 31.0, 1.0)]
-    r = SimOTAAssigner()(
-        torch.full((1, 4, C), 0.5, dtype=torch.float64), torch.tensor([preds], dtype=torch.float64), anchors,
-        torch.tensor([[0]]), torch.tensor([[[0.0, 0.0, 16.0, 4.0]]], dtype=torch.float64),
-        torch.ones(1, 1, dtype=torch.bool),
-    )  # fmt: skip
-    assert r.fg_mask[0].tolist() == [False, True, False, False]
+    gts = [(0.0, 0.0, 16.0, 4.0)]
+    assert _row_call(SimOTAAssigner(), preds, gts, [0], score=0.5).fg_mask[0].tolist() == [False, True, False, False]
     # a wider centre region (2.5 strides: |x - 8| < 10) makes all four points candidates;
     # predictions with IoUs 0.875, 1, 0.9375, 0.75 sum to 3.56: the 3 cheapest, all but x=14
     preds = [(0.0, 0.0, 14.0, 4.0), (0.0, 0.0, 16.0, 4.0), (1.0, 0.0, 16.0, 4.0), (0.0, 0.0, 12.0, 4.0)]
-    r = SimOTAAssigner(center_radius=2.5)(
-        torch.full((1, 4, C), 0.5, dtype=torch.float64), torch.tensor([preds], dtype=torch.float64), anchors,
-        torch.tensor([[0]]), torch.tensor([[[0.0, 0.0, 16.0, 4.0]]], dtype=torch.float64),
-        torch.ones(1, 1, dtype=torch.bool),
-    )  # fmt: skip
+    r = _row_call(SimOTAAssigner(center_radius=2.5), preds, gts, [0], score=0.5)
     assert r.fg_mask[0].tolist() == [True, True, True, False]
     torch.testing.assert_close(r.scores[0, :3, 0], torch.tensor([0.875, 1.0, 0.9375], dtype=torch.float64))
 

@@ -113,7 +113,9 @@ def test_iou_cost_equals_loop(problem: dict[str, torch.Tensor], kind: str) -> No
     torch.testing.assert_close(iou_cost(p, t, kind=kind), expected, rtol=tol, atol=tol)  # type: ignore[arg-type]
 
 
-def test_iou_cost_blocks_give_the_same_matrix(problem: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_iou_cost_blocks_give_the_same_matrix(
+    problem: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import detloss.assign._geometry as geometry
 
     whole = iou_cost(problem["boxes"], problem["target"], kind="ciou")
@@ -126,7 +128,10 @@ def test_costs_never_mix_images(problem: dict[str, torch.Tensor]) -> None:
     full = MatchingCost.dino()(problem["logits"], problem["boxes"], problem["labels"], problem["target"])[0]
     for b in range(B):
         alone = MatchingCost.dino()(
-            problem["logits"][b : b + 1], problem["boxes"][b : b + 1], problem["labels"][b : b + 1], problem["target"][b : b + 1]
+            problem["logits"][b : b + 1],
+            problem["boxes"][b : b + 1],
+            problem["labels"][b : b + 1],
+            problem["target"][b : b + 1],
         )[0]
         torch.testing.assert_close(full[b : b + 1], alone, rtol=0, atol=0)
 
@@ -201,14 +206,20 @@ def test_float16_inputs_compute_in_float32(problem: dict[str, torch.Tensor]) -> 
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in problem.items()}
     cost, bad = MatchingCost.dino()(half["logits"], half["boxes"], half["labels"], half["target"])
     assert cost.dtype == torch.float32 and int(bad) == 0
-    full = MatchingCost.dino()(*(half[k].double() if half[k].is_floating_point() else half[k] for k in ("logits", "boxes", "labels", "target")))[0]
+    full = MatchingCost.dino()(
+        *(half[k].double() if half[k].is_floating_point() else half[k] for k in ("logits", "boxes", "labels", "target"))
+    )[0]
     torch.testing.assert_close(cost.double(), full, rtol=1e-5, atol=1e-5)
 
 
 def test_no_objects_and_no_queries() -> None:
-    cost, bad = MatchingCost.detr()(torch.zeros(2, 3, 4), torch.rand(2, 3, 4), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, 4))
+    cost, bad = MatchingCost.detr()(
+        torch.zeros(2, 3, 4), torch.rand(2, 3, 4), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, 4)
+    )
     assert cost.shape == (2, 3, 0) and int(bad) == 0
-    cost, _ = MatchingCost.dino()(torch.zeros(1, 0, 4), torch.zeros(1, 0, 4), torch.zeros(1, 2, dtype=torch.long), torch.rand(1, 2, 4))
+    cost, _ = MatchingCost.dino()(
+        torch.zeros(1, 0, 4), torch.zeros(1, 0, 4), torch.zeros(1, 2, dtype=torch.long), torch.rand(1, 2, 4)
+    )
     assert cost.shape == (1, 0, 2)
 
 

@@ -53,7 +53,7 @@ def test_more_objects_than_queries() -> None:
     g = torch.Generator().manual_seed(3)
     cost = torch.rand(2, 2, 5, generator=g)
     _check_matching(cost, [5, 4])
-    b, q, _ = hungarian_match(cost, [5, 4])
+    _b, q, _ = hungarian_match(cost, [5, 4])
     assert q.tolist() == [0, 1, 0, 1]  # every query matched in each image
 
 
@@ -66,7 +66,7 @@ def test_integer_cost_by_hand() -> None:
 
 def test_padding_column_never_matched_even_when_cheapest() -> None:
     cost = torch.tensor([[[5.0, -100.0], [6.0, -100.0]]])
-    b, q, t = hungarian_match(cost, [1])
+    _b, q, t = hungarian_match(cost, [1])
     assert t.tolist() == [0] and q.tolist() == [0]
 
 
@@ -84,7 +84,7 @@ def test_images_without_objects_and_empty_batches() -> None:
 def test_nonfinite_entries_are_replaced_counted_and_warned() -> None:
     cost = torch.tensor([[[float("nan"), 1.0], [2.0, float("inf")], [0.5, 0.5]]])
     with pytest.warns(NonFiniteCostWarning, match="2 non-finite"):
-        b, q, t = hungarian_match(cost)
+        _b, q, t = hungarian_match(cost)
     # NaN and inf became huge; of the finite matchings 0 -> 1, 2 -> 0 (1 + 0.5) beats
     # 1 -> 0, 2 -> 1 (2 + 0.5) and 0 -> 1, 1 -> 0 (1 + 2)
     assert (q.tolist(), t.tolist()) == ([0, 2], [1, 0])
@@ -99,7 +99,7 @@ def test_nonfinite_padding_is_not_reported() -> None:
 
 def test_float16_cost_and_tensor_counts() -> None:
     cost = torch.rand(2, 4, 3).half()
-    b, q, t = hungarian_match(cost, torch.tensor([3, 2]))
+    b, _q, _t = hungarian_match(cost, torch.tensor([3, 2]))
     _check_matching(cost.double(), [3, 2])
     assert len(b) == 5
 

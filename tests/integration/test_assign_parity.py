@@ -14,13 +14,15 @@ import pytest
 import torch
 
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="detloss-yolo-"))  # no settings file in ~
-pytest.importorskip("ultralytics", reason="ultralytics is not installed: the assigner parity runs under make integration")
+pytest.importorskip(
+    "ultralytics", reason="ultralytics is not installed: the assigner parity runs under make integration"
+)
 pytest.importorskip("scipy", reason="scipy is not installed: pip install detloss[assign]")
 
-from ultralytics.models.utils.ops import HungarianMatcher  # noqa: E402
-from ultralytics.utils.tal import TaskAlignedAssigner as UltralyticsTAL  # noqa: E402
+from ultralytics.models.utils.ops import HungarianMatcher
+from ultralytics.utils.tal import TaskAlignedAssigner as UltralyticsTAL
 
-from detloss.assign import MatchingCost, TaskAlignedAssigner, hungarian_match, make_anchors  # noqa: E402
+from detloss.assign import MatchingCost, TaskAlignedAssigner, hungarian_match, make_anchors
 
 C = 6
 
@@ -87,9 +89,16 @@ def test_no_objects_like_ultralytics() -> None:
     p = _dense_batch(0, 2, 1, torch.float32, [(4, 4)], [8])
     theirs = UltralyticsTAL(topk=10, num_classes=C, stride=[8])
     empty = torch.zeros(2, 0, 4)
-    _, _, scores, fg, _ = theirs(p["scores"], p["boxes"], p["anchors"].points, torch.zeros(2, 0, 1), empty, torch.zeros(2, 0, 1))
+    _, _, scores, fg, _ = theirs(
+        p["scores"], p["boxes"], p["anchors"].points, torch.zeros(2, 0, 1), empty, torch.zeros(2, 0, 1)
+    )
     r = TaskAlignedAssigner.yolov8()(
-        p["scores"], p["boxes"], p["anchors"], torch.zeros(2, 0, dtype=torch.long), empty, torch.zeros(2, 0, dtype=torch.bool)
+        p["scores"],
+        p["boxes"],
+        p["anchors"],
+        torch.zeros(2, 0, dtype=torch.long),
+        empty,
+        torch.zeros(2, 0, dtype=torch.bool),
     )
     assert torch.equal(r.fg_mask, fg) and torch.equal(r.scores, scores)
 
@@ -99,7 +108,9 @@ def _detr_batch(seed: int, groups: list[int], queries: int) -> dict[str, Any]:
     batch, total = len(groups), sum(groups)
     return {
         "logits": torch.randn(batch, queries, C, generator=g) * 2,
-        "boxes": torch.cat([torch.rand(batch, queries, 2, generator=g), torch.rand(batch, queries, 2, generator=g) * 0.4 + 0.02], -1),
+        "boxes": torch.cat(
+            [torch.rand(batch, queries, 2, generator=g), torch.rand(batch, queries, 2, generator=g) * 0.4 + 0.02], -1
+        ),
         "gt_boxes": torch.cat([torch.rand(total, 2, generator=g), torch.rand(total, 2, generator=g) * 0.4 + 0.02], -1),
         "gt_cls": torch.randint(0, C, (total,), generator=g),
     }

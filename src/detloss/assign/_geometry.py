@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from detloss.boxes.convert import to_xyxy
 from detloss.boxes.iou import box_similarity
 
 __all__ = ["PAIR_BLOCK", "batched_pairwise"]
@@ -20,13 +21,17 @@ __all__ = ["PAIR_BLOCK", "batched_pairwise"]
 PAIR_BLOCK = 1 << 20
 
 
-def batched_pairwise(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
+def batched_pairwise(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str, eps: float, box_format: str = "xyxy"
+) -> torch.Tensor:
     """Similarity ``kind`` of every pair within each image: ``(B, N, 4)``, ``(B, M, 4)`` -> ``(B, N, M)``.
 
-    Boxes are ``xyxy``, already checked and in one float dtype of at least 32 bits. Entry
-    ``[b, i, j]`` is ``aligned_iou(boxes1[b, i], boxes2[b, j], kind)``.
+    Boxes are already checked, in ``box_format`` and one float dtype of at least 32 bits.
+    Entry ``[b, i, j]`` is ``aligned_iou(boxes1[b, i], boxes2[b, j], kind, box_format)``.
     """
-    # Rotated boxes (cxcywha) will dispatch here to their own pairwise kernel.
+    # The one place that picks the kernel by box format: rotated formats ("cxcywha", with a
+    # fifth coordinate) dispatch here to the rotated pairwise kernel of detloss.boxes.
+    boxes1, boxes2 = to_xyxy(boxes1, box_format), to_xyxy(boxes2, box_format)
     batch, n, m = boxes1.shape[0], boxes1.shape[1], boxes2.shape[1]
     rows = max(1, PAIR_BLOCK // max(batch * m, 1))
     if rows >= n:

@@ -11,9 +11,9 @@ from detloss._checks import check_range
 from detloss.assign.base import (
     Anchors,
     AssignResult,
+    DenseAssigner,
+    DenseInputs,
     build_result,
-    check_inputs,
-    empty_result,
     gt_blocks,
     keep_better,
     points_inside,
@@ -28,7 +28,7 @@ _INSIDE_MARGIN = 0.01
 
 
 @dataclass(frozen=True)
-class ATSSAssigner:
+class ATSSAssigner(DenseAssigner):
     r"""ATSS: positives by an IoU threshold adapted to each object's statistics.
 
     Reference: Zhang et al., "Bridging the Gap Between Anchor-based and Anchor-free Detection
@@ -80,21 +80,9 @@ class ATSSAssigner:
             raise DetLossError.bad_argument(where, "topk", "an int >= 1", repr(self.topk))
         check_range(where, "anchor_scale", self.anchor_scale, 0.0, low_open=True)
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        scores: torch.Tensor,
-        boxes: torch.Tensor,
-        anchors: Anchors,
-        gt_labels: torch.Tensor,
-        gt_boxes: torch.Tensor,
-        gt_mask: torch.Tensor,
-    ) -> AssignResult:
-        inp = check_inputs("ATSSAssigner", scores, boxes, anchors, gt_labels, gt_boxes, gt_mask)
-        batch, count, _ = scores.shape
-        num_gt = gt_boxes.shape[1]
-        if num_gt == 0 or count == 0:
-            return empty_result(inp)
+    def assign(self, inp: DenseInputs, anchors: Anchors) -> AssignResult:
+        batch, count, _ = inp.scores.shape
+        num_gt = inp.gt_boxes.shape[1]
         if anchors.boxes is not None:
             anchor_boxes = anchors.boxes.to(inp.dtype)
         else:

@@ -29,7 +29,7 @@ from detloss._checks import check_boxes, check_floating, check_same_device, upca
 from detloss.assign._geometry import PAIR_BLOCK
 from detloss.errors import DetLossError
 
-__all__ = ["Anchors", "AssignResult", "make_anchors"]
+__all__ = ["Anchors", "AssignResult", "DenseAssigner", "make_anchors"]
 
 
 @dataclass(frozen=True)
@@ -291,3 +291,28 @@ def empty_result(inputs: DenseInputs) -> AssignResult:
         fg_mask=torch.zeros((batch, count), dtype=torch.bool, device=like.device),
         gt_index=torch.full((batch, count), -1, dtype=torch.long, device=like.device),
     )
+
+
+class DenseAssigner:
+    """The call every dense assigner shares: checks, the empty case, then :meth:`assign`."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        scores: torch.Tensor,
+        boxes: torch.Tensor,
+        anchors: Anchors,
+        gt_labels: torch.Tensor,
+        gt_boxes: torch.Tensor,
+        gt_mask: torch.Tensor,
+    ) -> AssignResult:
+        """Targets for ``(B, A, C)`` scores and ``(B, A, 4)`` boxes at ``anchors`` from padded
+        ``(B, T)`` labels, ``(B, T, 4)`` boxes and their ``(B, T)`` mask (see the module)."""
+        inp = check_inputs(type(self).__name__, scores, boxes, anchors, gt_labels, gt_boxes, gt_mask)
+        if inp.gt_boxes.shape[1] == 0 or inp.boxes.shape[1] == 0:
+            return empty_result(inp)
+        return self.assign(inp, anchors)
+
+    def assign(self, inp: DenseInputs, anchors: Anchors) -> AssignResult:
+        """The assignment proper, on checked inputs with at least one object and one anchor."""
+        raise NotImplementedError

@@ -31,7 +31,7 @@ import torch
 from detloss._checks import check_boxes, check_choice, check_floating, check_range, check_same_device, upcast
 from detloss._typing import BoxFormat, IoUKind
 from detloss.assign._geometry import batched_pairwise
-from detloss.boxes.convert import BOX_FORMATS, convert, to_xyxy
+from detloss.boxes.convert import BOX_FORMATS, convert
 from detloss.boxes.iou import IOU_KINDS
 from detloss.errors import DetLossError
 from detloss.functional.classification import sigmoid_focal_loss
@@ -300,7 +300,7 @@ def iou_cost(
     check_choice(where, "kind", kind, IOU_KINDS)
     check_range(where, "eps", eps, 0.0, 1.0, low_open=True)
     p, t = _box_pair(where, pred, target, box_format)
-    return -batched_pairwise(to_xyxy(p, box_format), to_xyxy(t, box_format), kind, eps)
+    return -batched_pairwise(p, t, kind, eps, box_format)
 
 
 def sanitize_cost(cost: torch.Tensor, num_targets: NumTargets | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,9 +11,9 @@ from detloss.assign._geometry import batched_pairwise
 from detloss.assign.base import (
     Anchors,
     AssignResult,
+    DenseAssigner,
+    DenseInputs,
     build_result,
-    check_inputs,
-    empty_result,
     gather_scores,
     gt_blocks,
     keep_better,
@@ -37,7 +37,7 @@ def _bce_logs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass(frozen=True)
-class SimOTAAssigner:
+class SimOTAAssigner(DenseAssigner):
     r"""SimOTA: each object takes its ``k`` cheapest anchors, ``k`` from its best IoUs.
 
     Reference: Ge et al., "YOLOX: Exceeding YOLO Series in 2021", arXiv 2107.08430, Sec. 2.2
@@ -107,21 +107,9 @@ class SimOTAAssigner:
         """The prior of YOLOX's 2021 code: in the box or a 2.5-stride centre region (cost: both)."""
         return cls(center_radius=2.5, box_prior=True)
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        scores: torch.Tensor,
-        boxes: torch.Tensor,
-        anchors: Anchors,
-        gt_labels: torch.Tensor,
-        gt_boxes: torch.Tensor,
-        gt_mask: torch.Tensor,
-    ) -> AssignResult:
-        inp = check_inputs("SimOTAAssigner", scores, boxes, anchors, gt_labels, gt_boxes, gt_mask)
-        batch, count, _ = scores.shape
-        num_gt = gt_boxes.shape[1]
-        if num_gt == 0 or count == 0:
-            return empty_result(inp)
+    def assign(self, inp: DenseInputs, anchors: Anchors) -> AssignResult:
+        batch, count, _ = inp.scores.shape
+        num_gt = inp.gt_boxes.shape[1]
         x, y = inp.points.unbind(-1)
         reach = self.center_radius * inp.strides
 

@@ -13,9 +13,9 @@ from detloss.assign._geometry import batched_pairwise
 from detloss.assign.base import (
     Anchors,
     AssignResult,
+    DenseAssigner,
+    DenseInputs,
     build_result,
-    check_inputs,
-    empty_result,
     gather_scores,
     gt_blocks,
     keep_better,
@@ -35,7 +35,7 @@ _RULE_EPS = {"tood": (0.01, 1e-7), "ultralytics": (1e-9, 1e-9)}
 
 
 @dataclass(frozen=True)
-class TaskAlignedAssigner:
+class TaskAlignedAssigner(DenseAssigner):
     r"""Task-aligned assignment: positives by :math:`t = s^\alpha u^\beta`, soft targets by IoU.
 
     Reference: Feng et al., "TOOD: Task-aligned One-stage Object Detection", ICCV 2021,
@@ -129,21 +129,9 @@ class TaskAlignedAssigner:
         """YOLOv8's assigner as ultralytics builds it: ``10, 0.5, 6``, CIoU, its rule, sides >= 16 px."""
         return cls(topk=10, alpha=0.5, beta=6.0, iou_kind="ciou", rule="ultralytics", min_box_size=min_box_size)
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        scores: torch.Tensor,
-        boxes: torch.Tensor,
-        anchors: Anchors,
-        gt_labels: torch.Tensor,
-        gt_boxes: torch.Tensor,
-        gt_mask: torch.Tensor,
-    ) -> AssignResult:
-        inp = check_inputs("TaskAlignedAssigner", scores, boxes, anchors, gt_labels, gt_boxes, gt_mask)
-        batch, count, _ = scores.shape
-        num_gt = gt_boxes.shape[1]
-        if num_gt == 0 or count == 0:
-            return empty_result(inp)
+    def assign(self, inp: DenseInputs, anchors: Anchors) -> AssignResult:
+        batch, count, _ = inp.scores.shape
+        num_gt = inp.gt_boxes.shape[1]
         ultralytics = self.rule == "ultralytics"
         margin, eps = _RULE_EPS[self.rule]
         k = min(self.topk, count)
