@@ -18,6 +18,7 @@ from detloss.assign import (
     TaskAlignedAssigner,
     make_anchors,
 )
+from tests.assign.guards import NoHostReads
 from tests.assign.reference import ref_atss, ref_simota, ref_task_aligned
 
 C = 3
@@ -448,3 +449,13 @@ def test_bad_inputs_name_the_argument(assigner: Any) -> None:
     for name, inputs in cases.items():
         with pytest.raises(DetLossError, match=f"argument `{name}`"):
             _call(assigner, inputs)
+
+
+@pytest.mark.parametrize("assigner", ASSIGNERS, ids=repr)
+def test_no_host_reads_inside(assigner: Any) -> None:
+    p = _problem(6)
+    with NoHostReads():
+        r = _call(assigner, p)
+    assert r.fg_mask.any()
+    with pytest.raises(AssertionError, match="host read"), NoHostReads():  # the guard itself works
+        p["boxes"][p["gt_mask"][:, :1].expand(-1, 20)]

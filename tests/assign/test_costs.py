@@ -18,6 +18,7 @@ from detloss.assign import (
     sanitize_cost,
     target_mask,
 )
+from tests.assign.guards import NoHostReads
 from tests.reference import ref_similarity
 
 B, Q, T, C = 2, 5, 4, 3
@@ -256,3 +257,29 @@ def test_bad_inputs_name_the_argument(problem: dict[str, torch.Tensor]) -> None:
         iou_cost(p, t, kind="dice")  # type: ignore[arg-type]
     with pytest.raises(DetLossError, match="iou_cost\\(\\): argument `pred`"):
         iou_cost(p[..., :3], t)
+
+
+def test_matching_cost_reads_nothing_on_the_host(problem: dict[str, torch.Tensor]) -> None:
+    with NoHostReads():
+        cost, bad = MatchingCost.dino()(
+            problem["logits"], problem["boxes"], problem["labels"], problem["target"], [4, 2]
+        )
+    assert int(bad) == 0 and cost.shape == (B, Q, T)
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_costs_have_float64_gradients(
+    problem: dict[str, torch.Tensor], blocked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import detloss.assign._geometry as geometry
+
+    if blocked:  # the block-filling path of the pairwise kernel too
+        monkeypatch.setattr(geometry, "PAIR_BLOCK", 2 * T)
+    x = problem["logits"][:1, :3].clone().requires_grad_()
+    p = problem["boxes"][:1, :3].clone().requires_grad_()
+    lab, t = problem["labels"][:1], problem["target"][:1]
+    assert torch.autograd.gradcheck(lambda v: focal_cost(v, lab), (x,))
+    assert torch.autograd.gradcheck(lambda v: class_cost(v, lab), (x,))
+    assert torch.autograd.gradcheck(lambda v: l1_cost(v, t), (p,))
+    for kind in ("giou", "diou"):  # not ciou: its alpha is held constant, as in the paper
+        assert torch.autograd.gradcheck(lambda v, k=kind: iou_cost(v, t, kind=k), (p,))  # type: ignore[misc]
