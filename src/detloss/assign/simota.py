@@ -162,8 +162,8 @@ class SimOTAAssigner(DenseAssigner):
             chosen_gt.scatter_(1, target, owner.flatten(1))
             chosen_iou.scatter_(1, target, iou.gather(2, cheap_index).flatten(1))
             value, index = cost.min(dim=1)
-            pairs_ = ((cheapest_gt, index + block.start), (cheapest_iou, take(iou, index)))
-            cheapest = keep_better(cheapest, value, larger=False, pairs=pairs_)
+            companions = ((cheapest_gt, index + block.start), (cheapest_iou, take(iou, index)))
+            cheapest = keep_better(cheapest, value, larger=False, pairs=companions)
         fg, several = chosen > 0, chosen > 1
         gt = torch.where(several, cheapest_gt, chosen_gt[:, :count])
         quality = torch.where(several, cheapest_iou, chosen_iou[:, :count])

@@ -160,8 +160,6 @@ class TaskAlignedAssigner(DenseAssigner):
                 u, t = torch.where(inside, u, 0.0), torch.where(inside, t, 0.0)
             top = t.topk(k, dim=2).indices
             pos = torch.zeros_like(inside).scatter_(2, top, True) & inside
-            if not ultralytics:
-                pos &= t > 0
             if ultralytics:
                 chosen += pos.sum(dim=1)
                 has = pos.any(dim=1)
@@ -171,6 +169,7 @@ class TaskAlignedAssigner(DenseAssigner):
                 pos_u.copy_(torch.where(has, take(u, first), pos_u))
                 value, index = u.max(dim=1)
             else:
+                pos &= t > 0
                 value, index = torch.where(pos, u, -1.0).max(dim=1)
             best = keep_better(
                 best, value, larger=True, pairs=((best_gt, index + block.start), (best_t, take(t, index)))
