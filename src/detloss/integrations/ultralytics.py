@@ -484,6 +484,7 @@ def _build_trainer_class() -> type:
                 _copy_state(unwrap_model(self.model), self.ema.ema)
 
     DetlossTrainer.__module__ = __name__
+    DetlossTrainer.__qualname__ = "DetlossTrainer"  # so that pickle finds it as module.DetlossTrainer
     return DetlossTrainer
 
 
