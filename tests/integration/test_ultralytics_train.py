@@ -140,8 +140,7 @@ def test_configured_trainer_pickles_with_its_losses() -> None:
         "import pickle, sys; cls = pickle.loads(sys.stdin.buffer.read()); "
         "print(cls.losses.box_loss, cls.losses.box_options, cls.losses.cls_loss, cls.losses.cls_options)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", check], input=cloudpickle.dumps(trainer_class), capture_output=True, timeout=300, env=_env()
-    )
+    pickled = cloudpickle.dumps(trainer_class)
+    done = subprocess.run([sys.executable, "-c", check], input=pickled, capture_output=True, timeout=300, env=_env())
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode().split() == ["siou", "{'theta':", "3.0}", "varifocal", "{'gamma':", "1.5}"]
