@@ -16,7 +16,7 @@ pytest.importorskip("ultralytics", reason=f"ultralytics {INSTALL_HINT}")
 
 import torch
 from ultralytics.cfg import get_cfg
-from ultralytics.nn.tasks import BaseModel, DetectionModel, OBBModel
+from ultralytics.nn.tasks import BaseModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
 from ultralytics.utils.loss import BboxLoss, RotatedBboxLoss
 
 from detloss import functional as F
@@ -231,3 +231,20 @@ def test_oriented_boxes_keep_probiou_with_a_warning() -> None:
         assert isinstance(model.criterion.bce, dlu.ClassTerm)  # the class term applies to oriented boxes too
     assert any("keeps its RotatedBboxLoss" in str(w.message) for w in caught)
     assert all(math.isfinite(float(v)) for v in items.values())
+
+
+@pytest.mark.parametrize(("cfg", "cls"), [("yolo11n-seg.yaml", SegmentationModel), ("yolo11n-pose.yaml", PoseModel)])
+def test_segment_and_pose_criteria_get_the_box_term_too(cfg: str, cls: type) -> None:
+    model = _model(cfg, cls)
+    batch = _batch()
+    if cls is SegmentationModel:  # ultralytics' overlapping masks: pixel value = instance number in its image
+        batch["masks"] = torch.zeros(2, IMGSZ[0] // 4, IMGSZ[1] // 4)
+        batch["masks"][0, 5:15, 5:10], batch["masks"][1, 10:20, 4:12] = 1.0, 2.0
+    else:
+        batch["keypoints"] = torch.rand(6, 17, 3, generator=torch.Generator().manual_seed(2))
+    expected, _ = _loss(model, batch)
+    same, _ = _loss(model, batch, box_loss="ciou")
+    other, _ = _loss(model, batch, box_loss="giou")
+    assert all(abs(float(same[k] - expected[k])) <= 1e-5 * abs(float(expected[k])) for k in expected), same
+    assert _rel(other["box_loss"], expected["box_loss"]) > 1e-3
+    assert all(torch.equal(other[key], expected[key]) for key in expected if key != "box_loss")
