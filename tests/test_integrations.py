@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,3 +187,10 @@ def test_torchvision_drop_ins_take_integer_boxes() -> None:
     iou = dltv.box_iou(boxes, boxes)
     assert iou.dtype == torch.float32
     torch.testing.assert_close(iou, torch.tensor([[1.0, 0.25], [0.25, 1.0]]))
+
+
+def test_readme_lists_the_box_losses_patch_takes() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = re.search(r"\*\*Box losses\*\* \(`box_loss`\): `([^`]*)`", readme)
+    assert line is not None
+    assert [name.strip() for name in line.group(1).replace("\n", " ").split(",")] == list(dlu.BOX_LOSSES)

@@ -27,7 +27,8 @@ State (Wise-IoU v3's running mean of ``1 - IoU``) lives on the model, as buffers
 when :class:`DetlossTrainer` trains, are saved in ``last.pt`` / ``best.pt`` (in half precision,
 like every tensor of an ultralytics checkpoint) and restored on resume. The running mean moves
 only while the model is in training mode; the EMA copy that ultralytics validates with uses it
-unchanged.
+unchanged. Each DDP rank keeps its own running mean (as :class:`detloss.WIoULoss` does); rank 0's
+is the one saved.
 
 ``patch`` changes one method of ultralytics' ``BaseModel`` (``loss``) in this process, until
 ``undo()``. ``DetlossTrainer`` (``model.train(trainer=DetlossTrainer.configure(...))``) applies
@@ -101,6 +102,12 @@ class Losses:
     ``box_format`` and ``image_size``, which the adapter sets. Each loss is built and called
     once on a pair of boxes (or logits) here, so a bad name or value raises a
     :class:`~detloss.DetLossError` now, not in the middle of training.
+
+    Args:
+        box_loss: the box loss, a key of :data:`BOX_LOSSES`, or ``None``.
+        box_options: its options, e.g. ``{"momentum": 0.01}`` for ``wiou``.
+        cls_loss: the class loss, a key of :data:`CLASS_LOSSES`, or ``None``.
+        cls_options: its options, e.g. ``{"alpha": 0.75, "gamma": 2.0}`` for ``varifocal``.
 
     Example:
         >>> Losses("siou", {"theta": 4.0}, cls_loss="varifocal").box_module()
@@ -189,7 +196,7 @@ class BoxTerm(_Term):
     ``forward`` takes ``BboxLoss.forward``'s arguments and returns ``(box, dfl)`` like it. The
     DFL (or, for ``reg_max = 1`` heads, L1) term is the one ultralytics' own ``BboxLoss``
     computes; the CIoU term it computes on the way is dropped (a few operations on the
-    foreground boxes, outside the gradient). The box term is
+    foreground boxes, never differentiated). The box term is
     ``loss(pred, target, weight=w) / target_scores_sum`` with ``loss`` summing, the boxes in
     pixels and ``w`` the foreground anchors' target scores summed over classes.
     """
