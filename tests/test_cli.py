@@ -51,3 +51,44 @@ def test_console_script_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "GIoU" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["boxes", "--gt", "0,0,-5,5"], "--gt"),  # xywh: a negative width
+        (["boxes", "--gt", "0,0,5,5", "--pred", "1,1,2,-0.5"], "--pred"),
+        (["boxes", "--format", "cxcywh", "--gt", "5,5,-1,2"], "--gt"),
+        (["boxes", "--format", "xyxy", "--gt", "4,0,2,2"], "--gt"),  # x2 < x1
+    ],
+)
+def test_boxes_with_negative_sides_are_refused(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(args, capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and needle in err and ">= " in err
+
+
+def test_boxes_degenerate_but_valid_boxes_still_print(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["boxes", "--gt", "0,0,0,5", "--pred", "0,0,2,2"], capsys)  # zero width: IoU 0
+    assert code == 0 and "0.0000" in out
+
+
+def test_boxes_out_is_checked_before_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for bad, needle in ((tmp_path / "missing" / "x.png", "missing"), (tmp_path / "x.gif", ".png")):
+        code, out, err = run(["boxes", "--out", str(bad)], capsys)
+        assert code == 2 and out == "", out  # nothing printed before the refusal
+        assert len(err.strip().splitlines()) == 1 and "--out" in err and needle in err
+        assert not bad.exists()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "magic"), [(".jpg", b"\xff\xd8\xff"), (".jpeg", b"\xff\xd8\xff"), (".pdf", b"%PDF")]
+)
+def test_boxes_out_writes_the_format_of_its_suffix(
+    suffix: str, magic: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / f"boxes{suffix}"
+    code, _, _ = run(["boxes", "--out", str(path)], capsys)
+    assert code == 0 and path.read_bytes().startswith(magic)

@@ -25,7 +25,7 @@ from typing import Any
 
 from detloss import DetLossError
 from detloss.detection.postprocess import NMS_KINDS
-from detloss.detection.train import TrainConfig, train
+from detloss.detection.train import TrainConfig, build_datasets, train
 from detloss.detection.yolo_loss import ALIASES, resolve_loss_name
 from detloss.experiments.runs import atomic_write_text, run_header, save_figure, write_csv, write_json
 
@@ -142,6 +142,16 @@ def _bar_chart(path: Path, summary: Sequence[Mapping[str, Any]]) -> None:
     plt.close(fig)
 
 
+def _data_text(base: TrainConfig) -> str:
+    size = f"{base.image_size} x {base.image_size}"
+    source = base.data_source()
+    if source == "yolo":
+        return f"the YOLO dataset `{base.data}` (images resized to {size})"
+    if source == "coco":
+        return f"the COCO files `{base.train_json}` and `{base.val_json}` (images resized to {size})"
+    return f"{size} synthetic scenes ({base.train_images} training, {base.val_images} validation images)"
+
+
 def _write(out: Path, base: TrainConfig, rows: list[dict[str, Any]], args: Mapping[str, Any], started: float,
            wall: dict[str, float]) -> dict[str, Any]:
     summary = summarise(rows)
@@ -158,8 +168,7 @@ def _write(out: Path, base: TrainConfig, rows: list[dict[str, Any]], args: Mappi
     report = f"""# detloss compare
 
 {runs} models ({len(summary)} rows = settings x NMS kinds), {base.steps} steps of batch {base.batch_size} each,
-{base.image_size} x {base.image_size} synthetic scenes ({base.train_images} training, {base.val_images} validation
-images) unless COCO files were given; NMS and DIoU-NMS at threshold {base.nms_threshold}. Mean ± standard deviation
+on {_data_text(base)}; NMS and DIoU-NMS at threshold {base.nms_threshold}. Mean ± standard deviation
 over seeds; COCO AP on the validation set, in percent. "AP vs first": AP minus that of the first row with the same
 NMS (the first box loss and objectness loss), in points.
 
@@ -193,6 +202,7 @@ def compare(
         raise DetLossError.bad_argument("compare", "settings", "at least one box loss, objectness loss and seed",
                                         (boxes, objs, seed_list))
     out = Path(out)
+    build_datasets(base)  # the data and the batch size pass their checks before a folder is made
     out.mkdir(parents=True, exist_ok=True)
     args = dict(args or {"box_losses": boxes, "obj_losses": objs, "seeds": seed_list, "config": asdict(base)})
     rows: list[dict[str, Any]] = []

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from detloss import DetLossError
-from detloss.detection.data import CocoDetection, DetectionDataset, SyntheticScenes, collate
+from detloss.detection.data import CocoDetection, DetectionDataset, SyntheticScenes, YoloDetection, collate
 from detloss.detection.evaluate import coco_map, to_coco_detections
 from detloss.detection.model import TinyYOLO, kmeans_anchors
 from detloss.detection.postprocess import NMS_KINDS, postprocess
@@ -54,6 +54,7 @@ __all__ = [
     "parse_options",
     "train",
     "build_datasets",
+    "build_splits",
     "build_model",
     "build_loss_fn",
     "training_loss",
@@ -88,6 +89,7 @@ class TrainConfig:
     train_image_dir: str | None = None
     val_json: str | None = None
     val_image_dir: str | None = None
+    data: str | None = None
     flip: bool = True
     # model
     width: int = 16
@@ -122,8 +124,30 @@ class TrainConfig:
         if self.image_size % max(self.strides):
             multiple = f"a multiple of {max(self.strides)}"
             raise DetLossError.bad_argument("train", "image_size", multiple, self.image_size)
+        self._check_data()
+        build_loss_fn(self)  # the loss settings (weights, options) are checked now, not at the first step
+
+    def _check_data(self) -> None:
+        """One source of data: synthetic scenes, COCO json files, or a YOLO ``data.yaml``."""
+        if self.data is not None and (self.train_json is not None or self.val_json is not None):
+            given = "`train_json`" if self.train_json is not None else "`val_json`"
+            expected = f"not given together with {given} (one dataset)"
+            raise DetLossError.bad_argument("train", "data", expected, repr(self.data))
         if (self.train_json is None) != (self.val_json is None):
-            raise DetLossError.bad_argument("train", "val_json", "given together with train_json", self.val_json)
+            missing, given = ("val_json", "train_json") if self.val_json is None else ("train_json", "val_json")
+            raise DetLossError.bad_argument("train", missing, f"given together with `{given}`", None)
+        for folder, json_name in (("train_image_dir", "train_json"), ("val_image_dir", "val_json")):
+            if getattr(self, folder) is not None and getattr(self, json_name) is None:
+                raise DetLossError.bad_argument(
+                    "train",
+                    folder,
+                    f"given with `{json_name}` (the annotations of its images; a YOLO dataset is given by `data`)",
+                    repr(getattr(self, folder)),
+                )
+
+    def data_source(self) -> str:
+        """``"synthetic"``, ``"coco"`` or ``"yolo"``."""
+        return "yolo" if self.data is not None else "coco" if self.train_json is not None else "synthetic"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -198,20 +222,39 @@ def parse_options(items: Sequence[str], name: str = "--option") -> dict[str, Any
 # ------------------------------------------------------------------------------------------
 
 
-def build_datasets(config: TrainConfig) -> tuple[DetectionDataset, DetectionDataset]:
-    """The training and validation sets: synthetic scenes, or COCO json + image folders."""
-    if config.train_json is not None:
-        train_set: DetectionDataset = CocoDetection(config.train_json, config.train_image_dir, config.image_size)
-        val_set: DetectionDataset = CocoDetection(str(config.val_json), config.val_image_dir, config.image_size)
+def build_splits(config: TrainConfig, *, test: bool = False) -> dict[str, DetectionDataset]:
+    """``{"train": ..., "val": ...}`` of the configured data (and ``"test"`` if ``test`` and
+    a YOLO dataset has one): synthetic scenes, COCO json + image folders, or a YOLO dataset."""
+    source = config.data_source()
+    if source == "yolo":
+        from detloss.detection.formats import read_data_yaml
+
+        names = ["train", "val"] + (["test"] if test and "test" in read_data_yaml(str(config.data)).splits else [])
+        return {split: YoloDetection(str(config.data), split, config.image_size) for split in names}
+    if source == "coco":
+        train_set = CocoDetection(str(config.train_json), config.train_image_dir, config.image_size, split="train")
+        val_set = CocoDetection(str(config.val_json), config.val_image_dir, config.image_size, split="val")
         if val_set.category_ids != train_set.category_ids:
             raise DetLossError.bad_argument(
-                "train", "val_json", f"the categories of train_json {train_set.category_ids}", val_set.category_ids
+                "train", "val_json", f"the categories of `train_json` {train_set.category_ids}", val_set.category_ids
             )
-        return train_set, val_set
-    return (
-        SyntheticScenes(config.train_images, config.image_size, config.data_seed, "train"),
-        SyntheticScenes(config.val_images, config.image_size, config.data_seed, "val"),
-    )
+        return {"train": train_set, "val": val_set}
+    return {
+        "train": SyntheticScenes(config.train_images, config.image_size, config.data_seed, "train"),
+        "val": SyntheticScenes(config.val_images, config.image_size, config.data_seed, "val"),
+    }
+
+
+def build_datasets(config: TrainConfig, world_size: int = 1) -> tuple[DetectionDataset, DetectionDataset]:
+    """The training and validation sets (see :func:`build_splits`), checked to give every
+    one of ``world_size`` processes at least one batch per epoch."""
+    splits = build_splits(config)
+    per_rank = len(splits["train"]) // world_size
+    if per_rank < config.batch_size:
+        raise DetLossError.bad_argument(
+            "train", "batch_size", f"at most {per_rank} (training images per process)", config.batch_size
+        )
+    return splits["train"], splits["val"]
 
 
 def build_model(config: TrainConfig, train_set: DetectionDataset) -> TinyYOLO:
@@ -298,11 +341,7 @@ class _Batches:
         self.sampler = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed, drop_last=True
         )
-        self.per_epoch = len(self.sampler) // config.batch_size
-        if self.per_epoch < 1:
-            raise DetLossError.bad_argument(
-                "train", "batch_size", f"at most {len(self.sampler)} (images per rank)", config.batch_size
-            )
+        self.per_epoch = len(self.sampler) // config.batch_size  # >= 1: checked by build_datasets
         self._epoch = -1
         self._indices: list[int] = []
         self._flips = torch.zeros(0, dtype=torch.bool)
@@ -427,11 +466,31 @@ def _to(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, A
     return [{**t, "boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
 
 
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over another one (finished or interrupted)."""
+    from detloss.experiments.runs import check_out_folder
+
+    check_out_folder("train", out)
+    if resume and overwrite:
+        raise DetLossError.bad_argument("train", "overwrite", "not given together with `resume`", True)
+    if resume or overwrite:
+        return
+    found = [name for name in (CHECKPOINT, "results.json") if (out / name).exists()]
+    if found:
+        raise DetLossError.bad_argument(
+            "train",
+            "out",
+            "a folder without a run: continue the run with `resume`, or start again with `overwrite`",
+            f"{str(out)!r}, which holds {' and '.join(found)}",
+        )
+
+
 def train(
     config: TrainConfig | None,
     out: Path | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     steps: int | None = None,
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
@@ -439,13 +498,16 @@ def train(
 ) -> dict[str, Any]:
     """Train, evaluate, write the run folder; return the ``results.json`` payload.
 
-    ``out`` defaults to a fresh ``runs/train-<stamp>`` (chosen by rank 0). ``resume=True``
-    loads ``out/checkpoint.pt`` and continues from its step with the checkpoint's own
-    configuration (``config`` may be None; if given it must match, ``steps`` and ``device``
-    aside); ``steps`` raises the total number of steps. A finished run resumed again is
-    evaluated again without training. ``on_step(step, record)`` is called after each
-    optimisation step (tests use it to interrupt a run). Every rank returns the payload;
-    only rank 0 writes.
+    ``out`` defaults to a fresh ``runs/train-<stamp>`` (chosen by rank 0); it is created
+    once the settings and the data have passed their checks, so a run refused leaves no
+    folder. A folder that holds a run (a checkpoint or ``results.json``) is refused unless
+    ``resume=True`` (continue it) or ``overwrite=True`` (start again; its files are
+    replaced). ``resume=True`` loads ``out/checkpoint.pt`` and continues from its step
+    with the checkpoint's own configuration (``config`` may be None; if given it must
+    match, ``steps`` and ``device`` aside); ``steps`` raises the total number of steps. A
+    finished run resumed again is evaluated again without training. ``on_step(step,
+    record)`` is called after each optimisation step (tests use it to interrupt a run).
+    Every rank returns the payload; only rank 0 writes.
     """
     started = time.perf_counter()
     device_name = config.device if config is not None else "auto"
@@ -457,13 +519,14 @@ def train(
         if out is None and rank == 0:
             from detloss.experiments.runs import new_run_dir
 
-            out = new_run_dir("train")
+            out = new_run_dir("train", create=False)
         if dist.is_initialized():
             box = [str(out) if out is not None else None]
             dist.broadcast_object_list(box, src=0)
             out = Path(str(box[0]))
         assert out is not None
         out = Path(out)
+        _check_out(out, resume, overwrite)
         if resume:
             state = load_checkpoint(out / CHECKPOINT)
             saved = TrainConfig.from_dict(state["config"])
@@ -485,7 +548,7 @@ def train(
             if not isinstance(steps, int) or steps < max(done, 1):
                 raise DetLossError.bad_argument("train", "steps", f"an integer >= {max(done, 1)}", repr(steps))
             config.steps = steps
-        return _train(config, out, state, progress, on_step, args, device, started)
+        return _train(config, out, state, progress, on_step, args, device, started, overwrite)
     finally:
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -500,12 +563,15 @@ def _train(
     args: Mapping[str, Any] | None,
     device: torch.device,
     started: float,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     rank, world_size = world()
-    if rank == 0:
+    train_set, val_set = build_datasets(config, world_size)
+    if rank == 0:  # every check has passed: now the folder
         out.mkdir(parents=True, exist_ok=True)
-
-    train_set, val_set = build_datasets(config)
+        if overwrite:
+            for name in (CHECKPOINT, "results.json", "metrics.json"):
+                (out / name).unlink(missing_ok=True)
     model = build_model(config, train_set).to(device)
     loss_fn = build_loss_fn(config)
     optimizer = _optimizer(model, config)
