@@ -92,3 +92,38 @@ def test_boxes_out_writes_the_format_of_its_suffix(
     path = tmp_path / f"boxes{suffix}"
     code, _, _ = run(["boxes", "--out", str(path)], capsys)
     assert code == 0 and path.read_bytes().startswith(magic)
+
+
+def widest_line(text: str) -> int:
+    return max(len(line.rstrip()) for line in text.splitlines())
+
+
+def test_tables_fit_an_80_column_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Output that is not a terminal is 80 columns wide, as rich assumes; nothing is cut."""
+    code, out, _ = run(["boxes"], capsys)
+    assert code == 0 and widest_line(out) <= 80 and "…" not in out
+    assert "-0.1075" in out and "1.1075" in out  # CIoU of the first demo prediction and its loss
+    fuzz = ["fuzz", "--cases", "20", "--losses", "binary_cross_entropy,ghm_c", "--out", str(tmp_path)]
+    code, out, _ = run(fuzz, capsys)
+    assert code == 0 and widest_line(out) <= 80
+    assert "binary_cross_entropy" in out and "autocast_bf16" in out and "…" not in out.split("inf value,")[0]
+
+
+def test_version_and_list(capsys: pytest.CaptureFixture[str]) -> None:
+    import detloss
+
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.startswith(f"detloss {detloss.__version__} (torch ")
+    code, out, _ = run(["list"], capsys)
+    assert code == 0 and widest_line(out) <= 80
+    for key in detloss.available_losses():
+        assert f"\n {key} " in out or f"\n {key}\n" in out, key
+    focal = out.split("\n sigmoid_focal ")[1].split("\n\n")[0]
+    assert "Lin et al." in focal and "alpha=0.25" in focal and "gamma=2.0" in focal  # the paper's defaults
+    assert "SigmoidFocalLoss" in focal
+
+
+def test_bare_command_prints_help_and_no_empty_error(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, err = run([], capsys)
+    assert "Usage" in out + err and "convert-dataset" in out + err
+    assert "error" not in err

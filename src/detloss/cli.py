@@ -23,6 +23,80 @@ app = typer.Typer(
     help="Object-detection losses: compare, plot, simulate, benchmark, train.",
 )
 
+def _show_version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        from detloss import __version__
+
+        typer.echo(f"detloss {__version__} (torch {torch.__version__}, python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_show_version)
+    ] = False,
+) -> None:
+    """Object-detection losses: compare, plot, simulate, benchmark, train."""
+
+
+#: Options every loss takes, left out of ``detloss list``.
+_COMMON_OPTIONS = ("weight", "reduction", "avg_factor", "box_format")
+
+
+def loss_defaults(key: str) -> str:
+    """The hyper-parameters of loss ``key`` with their defaults, from its signature.
+
+    Example:
+        >>> loss_defaults("sigmoid_focal")
+        'alpha=0.25, gamma=2.0'
+    """
+    import inspect
+
+    from detloss.registry import get_spec
+
+    shown = []
+    for p in inspect.signature(get_spec(key).function).parameters.values():
+        if p.kind is p.KEYWORD_ONLY and p.name not in _COMMON_OPTIONS:
+            shown.append(f"{p.name}=" + ("(required)" if p.default is p.empty else repr(p.default)))
+    return ", ".join(shown)
+
+
+def _markup_free(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+@app.command("list")
+def list_losses() -> None:
+    """Every registered loss: its key, module, paper and defaults."""
+    from rich.box import SIMPLE_HEAD
+    from rich.console import Console
+    from rich.table import Table
+
+    from detloss.registry import available_losses, get_spec
+
+    table = Table(
+        title="detloss losses: build_loss(key, ...) or the module",
+        caption="every loss also takes weight, reduction='mean' and avg_factor; box losses box_format='xyxy'",
+        box=SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("key / module", no_wrap=True)
+    table.add_column("paper", ratio=3)
+    table.add_column("defaults", ratio=2)
+    for i, key in enumerate(available_losses()):
+        spec = get_spec(key)
+        if i:
+            table.add_section()
+        defaults = "\n".join(loss_defaults(key).split(", "))
+        table.add_row(f"{key}\n[dim]{spec.module.__name__}[/]", _markup_free(f"{spec.paper} {spec.year}"), defaults)
+    Console().print(table)
+
+
 DEMO_GT = "120,80,200,150"
 DEMO_PREDS = ("300,90,120,160", "140,100,160,120", "100,60,240,100", "150,95,50,200")
 
@@ -56,6 +130,7 @@ def boxes(
     out: Annotated[Path | None, typer.Option(help="Draw the boxes to this picture (.png, .jpg, .pdf or .svg).")] = None,
 ) -> None:
     """Print IoU, GIoU, DIoU, CIoU, EIoU, SIoU and their losses for each prediction."""
+    from rich.box import SIMPLE_HEAD
     from rich.console import Console
     from rich.table import Table
 
@@ -70,16 +145,20 @@ def boxes(
     if out is not None:
         check_figure_path("detloss boxes", "--out", out)
     rows = box_table(target, preds, box_format)
-    table = Table(title=f"ground truth {target} ({box_format})")
-    table.add_column("prediction")
-    for kind in ("iou", "giou", "diou", "ciou", "eiou", "siou"):
-        table.add_column(kind.replace("iou", "IoU").upper().replace("IOU", "IoU"), justify="right")
-    for row in rows:
-        table.add_row(
-            ",".join(f"{v:g}" for v in row["pred"]),
-            *(f"{row[k]:.4f} | loss {row[k + '_loss']:.4f}" for k in ("iou", "giou", "diou", "ciou", "eiou", "siou")),
-        )
-    Console(width=200).print(table)
+    kinds = ("iou", "giou", "diou", "ciou", "eiou", "siou")
+    gt_text = ",".join(f"{v:g}" for v in target)
+    table = Table(
+        title=f"ground truth {gt_text} ({box_format})", caption="loss = 1 - similarity", box=SIMPLE_HEAD, pad_edge=False
+    )
+    table.add_column("prediction", overflow="fold")
+    for kind in kinds:
+        table.add_column(kind[:-3].upper() + "IoU", justify="right", no_wrap=True, min_width=7)
+    for i, row in enumerate(rows):
+        if i:
+            table.add_section()
+        table.add_row(f"{i + 1}: " + ",".join(f"{v:g}" for v in row["pred"]), *(f"{row[k]:.4f}" for k in kinds))
+        table.add_row("   loss", *(f"{row[k + '_loss']:.4f}" for k in kinds), style="dim")
+    Console().print(table)  # as wide as the terminal (80 columns in a file or a pipe)
     if out is not None:
         draw_boxes(target, preds, box_format, out, rows)
         typer.echo(f"picture: {out}")
@@ -306,7 +385,10 @@ def train(
         args={**settings, "steps": steps},
     )
     if os.environ.get("RANK", "0") == "0":  # the only process, or rank 0 of torchrun
-        typer.echo("AP {AP:.4f}  AP50 {AP50:.4f}  AP75 {AP75:.4f}".format(**result["metrics"]))
+        from detloss.detection.evaluate import as_percent
+
+        metrics = result["metrics"]
+        typer.echo("  ".join(f"{name} {as_percent(metrics[name])}" for name in ("AP", "AP50", "AP75")) + "  (%)")
         typer.echo(f"report: {Path(result['run_dir']) / 'report.md'}")
 
 
@@ -510,7 +592,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except TyperException as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        echo_error(" ".join(message.split()))
+        if message.strip():  # empty after the help that a bare `detloss` prints
+            echo_error(" ".join(message.split()))
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -210,3 +210,31 @@ def test_a_run_refused_by_its_checks_leaves_no_folder(
     with pytest.raises(DetLossError, match="`batch_size`"):  # from Python: the parameter's name
         train(tiny(train_images=12, batch_size=16), tmp_path / "api", progress=False)
     assert not (tmp_path / "api").exists()
+
+
+def test_progress_in_a_log_is_plain_lines_and_ap_has_one_scale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detloss.experiments import progress
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)  # a line per step; the default is every 30 s
+    args = ["--train-images", "16", "--val-images", "4", "--image-size", "32", "--batch-size", "8", "--width", "8"]
+    code, out, err = cli(["train", *args, "--steps", "3", "--out", str(tmp_path / "t")], capsys)  # not a terminal
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.startswith("train ciou/binary_cross_entropy: ")]
+    assert [line.split(": ")[1].split(",")[0] for line in lines] == ["1/3 (33%)", "2/3 (67%)", "3/3 (100%)"]
+    assert "loss " in lines[-1] and "━" not in out and "…" not in out
+    metrics = json.loads((tmp_path / "t" / "results.json").read_text())["metrics"]  # 0-1, as before
+    printed = next(line for line in out.splitlines() if line.startswith("AP "))
+    ap, ap50, ap75 = (100 * metrics[k] for k in ("AP", "AP50", "AP75"))
+    assert printed == f"AP {ap:.2f}  AP50 {ap50:.2f}  AP75 {ap75:.2f}  (%)"
+    assert "AP (%)" in (tmp_path / "t" / "report.md").read_text()
+
+    code, out, err = cli(["compare", "--box-loss", "iou", "--seeds", "1", *args, "--steps", "2", "--out",
+                          str(tmp_path / "c")], capsys)
+    assert code == 0, err
+    ap = json.loads((tmp_path / "c" / "results.json").read_text())["rows"][0]["AP"]
+    assert f"AP {100 * ap:.2f} (%)" in out
+    table = (tmp_path / "c" / "table.md").read_text()
+    assert "±" not in table and f"| {100 * ap:.2f} |" in table  # one seed: the value, no "± 0.00"
+    assert "One seed" in (tmp_path / "c" / "report.md").read_text()

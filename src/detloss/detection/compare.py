@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from detloss import DetLossError
+from detloss.detection.evaluate import as_percent
 from detloss.detection.postprocess import NMS_KINDS
 from detloss.detection.train import TrainConfig, build_datasets, train
 from detloss.detection.yolo_loss import ALIASES, resolve_loss_name
@@ -81,7 +82,15 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
     """The summary as a markdown table, in percent, with the AP gain over the first row with
     the same NMS (the first box and objectness losses given), as the DIoU paper reports
-    gains over its baseline."""
+    gains over its baseline; ``mean ± std`` over seeds (the mean alone for one seed).
+
+    Example:
+        >>> row = {"box_loss": "iou", "obj_loss": "binary_cross_entropy", "nms": "nms", "seeds": 1,
+        ...        "AP_mean": 0.1, "AP_std": 0.0, "AP50_mean": 0.3, "AP50_std": 0.0, "AP75_mean": 0.05,
+        ...        "AP75_std": 0.0, "train_seconds_mean": 12.0}
+        >>> print(markdown_table([row]).splitlines()[2])
+        | iou | bce | NMS | 10.00 | 30.00 | 5.00 | +0.00 | 1 | 12 |
+    """
     lines = [
         "| box loss | obj loss | NMS | AP (%) | AP50 (%) | AP75 (%) | AP vs first | seeds | train s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -90,7 +99,9 @@ def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
     for s in summary:
         base = first.setdefault(s["nms"], s["AP_mean"])
         gain = f"{100 * (s['AP_mean'] - base):+.2f}"
-        cells = [f"{100 * s[f'{m}_mean']:.2f} ± {100 * s[f'{m}_std']:.2f}" for m in METRICS]
+        cells = [
+            as_percent(s[f"{m}_mean"]) + (f" ± {as_percent(s[f'{m}_std'])}" if s["seeds"] > 1 else "") for m in METRICS
+        ]
         lines.append(
             f"| {s['box_loss']} | {short(s['obj_loss'])} | {NMS_LABEL.get(s['nms'], s['nms'])} | "
             + " | ".join(cells)
@@ -136,7 +147,8 @@ def _bar_chart(path: Path, summary: Sequence[Mapping[str, Any]]) -> None:
                 ax.set_title(f"{metric} (%), axis from {bottom:.1f}")
     axes[0][0].legend(fontsize=8)
     objs = sorted({short(o) for _, o in settings})
-    fig.suptitle(f"mean ± std over seeds; objectness loss: {', '.join(objs)}", fontsize=9)
+    spread = "mean ± std over seeds" if any(s["seeds"] > 1 for s in summary) else "one seed"
+    fig.suptitle(f"{spread}; objectness loss: {', '.join(objs)}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
@@ -165,12 +177,13 @@ def _write(out: Path, base: TrainConfig, rows: list[dict[str, Any]], args: Mappi
     if summary:
         _bar_chart(out / "ap_bars.png", summary)
     runs = len({(r["box_loss"], r["obj_loss"], r["seed"]) for r in rows})
+    spread = "Mean ± standard deviation over seeds" if any(s["seeds"] > 1 for s in summary) else "One seed"
     report = f"""# detloss compare
 
 {runs} models ({len(summary)} rows = settings x NMS kinds), {base.steps} steps of batch {base.batch_size} each,
-on {_data_text(base)}; NMS and DIoU-NMS at threshold {base.nms_threshold}. Mean ± standard deviation
-over seeds; COCO AP on the validation set, in percent. "AP vs first": AP minus that of the first row with the same
-NMS (the first box loss and objectness loss), in points.
+on {_data_text(base)}; NMS and DIoU-NMS at threshold {base.nms_threshold}. {spread};
+COCO AP on the validation set, in percent (`results.json`: 0-1). "AP vs first": AP minus that of the first row
+with the same NMS (the first box loss and objectness loss), in points.
 
 {table}
 ![AP, AP50, AP75 per setting](ap_bars.png)
@@ -247,6 +260,6 @@ def compare(
             )
         if progress:
             ap = result["metrics_by_nms"]["nms"]["AP"]
-            print(f"[{i + 1}/{len(plan)}] {name}: {status}, AP {100 * (ap or 0.0):.2f}", flush=True)
+            print(f"[{i + 1}/{len(plan)}] {name}: {status}, AP {as_percent(ap)} (%)", flush=True)
         payload = _write(out, base, rows, args, started, wall)
     return payload

@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from detloss import DetLossError
 from detloss.detection.data import CocoDetection, DetectionDataset, SyntheticScenes, YoloDetection, collate
-from detloss.detection.evaluate import coco_map, to_coco_detections
+from detloss.detection.evaluate import METRIC_NAMES, as_percent, coco_map, to_coco_detections
 from detloss.detection.model import TinyYOLO, kmeans_anchors
 from detloss.detection.postprocess import NMS_KINDS, postprocess
 from detloss.detection.yolo_loss import YOLOLoss, resolve_loss_name
@@ -661,25 +661,19 @@ def _train(
 def _progress(enabled: bool, config: TrainConfig, done: int) -> tuple[Any, Any]:
     if not enabled:
         return None, None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    bar = Progress(
-        TextColumn(f"[bold]train[/] {config.box_loss}/{config.obj_loss}"),
+    from detloss.experiments.progress import progress_bar
+
+    bar = progress_bar(
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[terms]}"),
-        transient=False,
     )
-    task = bar.add_task("train", total=config.steps, completed=done, terms="")
+    task = bar.add_task(f"train {config.box_loss}/{config.obj_loss}", total=config.steps, completed=done, terms="")
     bar.start()
     return bar, task
 
@@ -693,10 +687,6 @@ def _terms_text(history: list[dict[str, float]], window: int = 20) -> str:
 # ------------------------------------------------------------------------------------------
 # outputs
 # ------------------------------------------------------------------------------------------
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _write_outputs(
@@ -738,7 +728,7 @@ def _write_outputs(
     _plot_losses(out / "loss_curves.png", history)
     _draw_predictions(out / "predictions.png", val_set, detections, targets, config.num_drawn)
     rows = "\n".join(
-        f"| {kind} | " + " | ".join(_fmt(m[name]) for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")) + " |"
+        f"| {kind} | " + " | ".join(as_percent(m[name]) for name in METRIC_NAMES) + " |"
         for kind, m in metrics_by_nms.items()
     )
     report = f"""# detloss train
@@ -747,11 +737,11 @@ Losses: box `{config.box_loss}` (x{config.box_weight}), objectness `{config.obj_
 classes `{config.cls_loss}` (x{config.cls_weight}); {len(history)} steps of batch {config.batch_size} x
 {world_size} rank(s), {train_seconds:.1f} s of training. Validation: {val_set.source}.
 
-| NMS | AP | AP50 | AP75 | APs | APm | APl |
+| NMS | AP (%) | AP50 (%) | AP75 (%) | APs (%) | APm (%) | APl (%) |
 |---|---|---|---|---|---|---|
 {rows}
 
-(COCO definitions, 0-1 scale; n/a: no ground truth of that size.)
+(COCO definitions, in percent (`results.json`: 0-1); n/a: no ground truth of that size.)
 
 ![loss curves](loss_curves.png)
 

@@ -440,14 +440,9 @@ def run_cases(
     wait on each other slowed this work down a hundredfold in our measurements, and
     single-threaded chunks give the same numbers whatever the number of workers.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from detloss.experiments.progress import progress_bar
 
     columns = (
         TextColumn("[bold]{task.description:<18}"),
@@ -457,7 +452,7 @@ def run_cases(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with progress_bar(*columns, enabled=progress) as bar:
         tasks = {run: bar.add_task(f"{run[0]} / {run[1]}", total=setup.chunks) for run in runs}
         todo = []
         for loss, gradient in runs:
