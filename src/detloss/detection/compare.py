@@ -1,7 +1,7 @@
 """``detloss compare``: one model per loss setting and seed, everything else fixed; the table.
 
 Like Table 1 of the DIoU paper (YOLOv3 on PASCAL VOC: AP / AP75 for IoU, GIoU, DIoU, CIoU
-losses and CIoU with DIoU-NMS), at the size this machine can run: every pair of a box loss
+losses and CIoU with DIoU-NMS), at a size a CPU trains in minutes: every pair of a box loss
 and an objectness loss is trained with each seed (the seed sets the initial weights, the data
 order and the flips; the data themselves are fixed by ``data_seed``), then evaluated with NMS
 and with DIoU-NMS (same threshold). Each model trains in ``out/runs/<box>-<obj>-seed<k>/``;

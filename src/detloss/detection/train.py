@@ -6,8 +6,8 @@ with NMS and with DIoU-NMS, and writes (rank 0 only) into ``out``:
 
 - ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end (model, optimizer,
   schedule, loss history, configuration): ``resume=True`` continues from it, exactly;
-- ``metrics.json`` (the metrics with the configured NMS), ``results.json`` (stable keys of
-  DESIGN.md: ``metrics``, ``losses``, ``steps``, ``world_size``, plus ``metrics_by_nms``,
+- ``metrics.json`` (the metrics with the configured NMS), ``results.json`` (the stable keys
+  the README lists: ``metrics``, ``losses``, ``steps``, ``world_size``, plus ``metrics_by_nms``,
   ``anchors``, ``train_seconds``), ``results.csv`` (the loss terms per step);
 - ``loss_curves.png``, ``predictions.png`` (a few validation images, ground truth in green,
   detections in red), ``report.md`` that embeds them.
@@ -787,9 +787,13 @@ def _draw_predictions(
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.patheffects as effects
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
+    # a dark outline under every line and letter keeps them readable on any image colour
+    outline = [effects.withStroke(linewidth=3.0, foreground="black")]
+    truth, found = "white", "#ff3d7f"
     count = max(1, min(count, len(dataset)))
     cols = min(count, 3)
     rows = (count + cols - 1) // cols
@@ -801,14 +805,27 @@ def _draw_predictions(
         image, _ = dataset[i]
         ax.imshow(image.permute(1, 2, 0).numpy(), extent=(0, image.shape[2], image.shape[1], 0))
         for box in targets[i]["boxes"].tolist():
-            ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="lime", lw=1.2))
+            ax.add_patch(
+                Rectangle(
+                    box[:2], box[2] - box[0], box[3] - box[1], fill=False, color=truth, lw=1.3, ls=(0, (3, 2)),
+                    path_effects=outline,
+                )
+            )
         det = detections[i]
         for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
             if score < min_score:
                 continue
-            ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="red", lw=1.0))
-            text = f"{dataset.class_names[label][:4]} {score:.2f}"
-            ax.text(box[0], box[1], text, color="yellow", fontsize=6, va="bottom")
-    fig.suptitle(f"green: ground truth; red: detections with score >= {min_score}", fontsize=9)
+            ax.add_patch(
+                Rectangle(
+                    box[:2], box[2] - box[0], box[3] - box[1], fill=False, color=found, lw=1.6, path_effects=outline
+                )
+            )
+            ax.text(
+                box[0], box[1], f"{dataset.class_names[label]} {score:.2f}", color="white", fontsize=6, va="bottom",
+                bbox={"facecolor": "black", "alpha": 0.65, "pad": 0.8, "edgecolor": "none"}, clip_on=True,
+            )
+    fig.suptitle(
+        f"dashed white: ground truth; solid pink: detections with score >= {min_score} (class, score)", fontsize=9
+    )
     save_figure(fig, path)
     plt.close(fig)

@@ -53,7 +53,7 @@ def _failure_record(outcome: Outcome) -> dict[str, Any]:
 def _default_backend() -> str:
     import detloss
 
-    return f"default ({detloss.get_backend()} on this machine)"
+    return f"default (here: {detloss.get_backend()})"
 
 
 def fuzz_report(
