@@ -370,7 +370,7 @@ def train(
     Distributed: torchrun --nproc_per_node 2 -m detloss train ... (gloo on CPU, nccl on GPU).
     """
     settings = {k: v for k, v in locals().items() if k not in ("out", "resume", "overwrite", "progress", "steps")}
-    from detloss.detection.train import TrainConfig
+    from detloss.detection.options import TrainConfig
     from detloss.detection.train import train as run_train
 
     check_training_options("detloss train", lr=lr, width=width, nms_threshold=nms_threshold, device=device)
@@ -425,7 +425,7 @@ def compare(
     settings = {k: v for k, v in locals().items() if k not in ("out", "progress", "box_loss", "obj_loss", "seeds")}
     from detloss._checks import check_range
     from detloss.detection.compare import compare as run_compare
-    from detloss.detection.train import TrainConfig
+    from detloss.detection.options import TrainConfig
     from detloss.experiments.runs import new_run_dir
 
     check_range("detloss compare", "--seeds", seeds, 1)
@@ -466,7 +466,7 @@ def convert_dataset(
     """
     from detloss._checks import check_choice
     from detloss.detection.formats import DATASET_FORMATS
-    from detloss.detection.train import TrainConfig, build_splits
+    from detloss.detection.options import TrainConfig, build_splits
     from detloss.experiments.runs import check_out_folder
 
     where = "detloss convert-dataset"

@@ -25,8 +25,9 @@ from typing import Any
 
 from detloss import DetLossError
 from detloss.detection.evaluate import as_percent
+from detloss.detection.options import TrainConfig, build_datasets
 from detloss.detection.postprocess import NMS_KINDS
-from detloss.detection.train import TrainConfig, build_datasets, train
+from detloss.detection.train import train
 from detloss.detection.yolo_loss import ALIASES, resolve_loss_name
 from detloss.experiments.runs import atomic_write_text, run_header, save_figure, write_csv, write_json
 
