@@ -278,3 +278,41 @@ def test_export_refuses_what_it_would_mix_or_cannot_name(tmp_path: Path, scenes:
 def test_label_file_follows_the_last_images_folder() -> None:
     assert label_file(Path("/d/images/x/images/train/a.b.png")) == Path("/d/images/x/labels/train/a.b.txt")
     assert label_file(Path("flat/a.jpg")) == Path("flat/a.txt")
+
+
+def test_convert_dataset_command_both_ways(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from detloss.cli import main
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as code:
+            main(list(args))
+        out, err = capsys.readouterr()
+        return int(code.value.code or 0), out, err
+
+    # no data options: the synthetic scenes train would use; to YOLO by default
+    code, out, err = cli("convert-dataset", "--out", str(tmp_path / "y"), "--train-images", "5", "--val-images", "2")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("train: 5 images,") and str(tmp_path / "y" / "data.yaml") in out
+    code, out, err = cli("convert-dataset", "--data", str(tmp_path / "y" / "data.yaml"), "--out", str(tmp_path / "c"))
+    assert code == 0, err  # YOLO -> COCO by default
+    train_json, val_json = (coco_annotation_file(tmp_path / "c", s) for s in ("train", "val"))
+    back = []
+    for split, json_file in (("train", train_json), ("val", val_json)):
+        back += [
+            "--" + split + "-json",
+            str(json_file),
+            "--" + split + "-image-dir",
+            str(tmp_path / "c" / "images" / split),
+        ]
+    code, out, err = cli("convert-dataset", *back, "--out", str(tmp_path / "y2"))
+    assert code == 0, err  # COCO -> YOLO by default: the label files of the first export, to their rounding
+    for split in ("train", "val"):
+        for label in (tmp_path / "y" / "labels" / split).glob("*.txt"):
+            first = np.loadtxt(label, ndmin=2)
+            again = np.loadtxt(tmp_path / "y2" / "labels" / split / label.name, ndmin=2)
+            assert first.shape == again.shape and np.array_equal(first[:, 0], again[:, 0])
+            np.testing.assert_allclose(again[:, 1:], first[:, 1:], atol=2e-6)  # 6 decimals, twice
+    code, _, err = cli("convert-dataset", "--data", str(tmp_path / "y"), "--out", str(tmp_path / "y2"))
+    assert code == 2 and "`--out`" in err and "empty folder" in err
+    code, _, err = cli("convert-dataset", "--to", "voc", "--out", str(tmp_path / "v"), "--train-images", "1")
+    assert code == 2 and "`--to`" in err

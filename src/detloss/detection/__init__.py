@@ -11,8 +11,8 @@ from detloss.detection.assign import Assignment, assign_targets, ignore_mask
 from detloss.detection.data import CocoDetection, SyntheticScenes, YoloDetection, collate, make_scene
 from detloss.detection.evaluate import coco_map, to_coco_detections
 from detloss.detection.model import Priors, TinyYOLO, decode, kmeans_anchors, make_priors
+from detloss.detection.options import TrainConfig
 from detloss.detection.postprocess import batched_nms, postprocess
-from detloss.detection.train import TrainConfig
 from detloss.detection.yolo_loss import YOLOLoss
 
 __all__ = [
