@@ -64,7 +64,7 @@ def test_losses_name_the_bad_argument(arguments: dict, named: str) -> None:
 def test_losses_build_summing_box_and_elementwise_class_modules() -> None:
     losses = dlu.Losses("mpdiou", cls_loss="quality_focal", cls_options={"beta": 1.5})
     box, cls = losses.box_module(), losses.cls_module()
-    assert box is not None and box.options["reduction"] == "sum" and box.options["image_size"] is None
+    assert box is not None and box.options["reduction"] == "sum" and box.options["image_size"] == dlu.PENDING_IMAGE_SIZE
     assert cls is not None and cls.options == {"beta": 1.5, "reduction": "none"}
     assert dlu.Losses(None, cls_loss=None).box_module() is None
 

@@ -59,6 +59,7 @@ __all__ = [
     "BOX_LOSSES",
     "BOX_TERMS",
     "CLASS_LOSSES",
+    "PENDING_IMAGE_SIZE",
     "STATE_PREFIX",
     "BoxTerm",
     "ClassTerm",
@@ -71,6 +72,9 @@ __all__ = [
 BOX_LOSSES: tuple[str, ...] = tuple(sorted(key for key, spec in LOSSES.items() if spec.inputs == "boxes"))
 #: The class losses the patch can use: binary losses of logits whose target may be a soft score.
 CLASS_LOSSES: tuple[str, ...] = ("binary_cross_entropy", "quality_focal", "sigmoid_focal", "varifocal")
+#: The ``image_size`` a loss that needs one (``mpdiou``) is built with; :class:`BoxTerm` sets
+#: the size of each batch's images, ``(width, height)``, before every call.
+PENDING_IMAGE_SIZE = (1.0, 1.0)
 #: Prefix of the model buffers that hold the losses' state.
 STATE_PREFIX = "detloss_"
 #: Options the adapter sets itself, with the reason given when a caller passes one.
@@ -115,7 +119,7 @@ class Losses:
         >>> Losses("wiou", {"delta": -1.0})
         Traceback (most recent call last):
         ...
-        detloss.errors.DetLossError: wiou_loss(): argument `delta` expected a number in (0.0, inf], got -1.0
+        detloss.errors.DetLossError: WIoULoss(): argument `delta` expected a number in (0.0, inf], got -1.0
     """
 
     box_loss: str | None = "wiou"
@@ -139,7 +143,7 @@ class Losses:
             return None
         options = dict(self.box_options)
         if "image_size" in _call_options(self.box_loss):
-            options["image_size"] = None  # set from each batch
+            options["image_size"] = PENDING_IMAGE_SIZE  # replaced by each batch's size before its call
         return get_spec(self.box_loss).module(**options, reduction="sum")
 
     def cls_module(self) -> LossModule | None:
@@ -152,8 +156,6 @@ class Losses:
         """Build each loss and call it once on a small valid input (in eval mode: no state moves)."""
         box = self.box_module()
         if box is not None:
-            if "image_size" in box.options:
-                box.options["image_size"] = (64.0, 64.0)
             pred = torch.tensor([[1.0, 2.0, 9.0, 7.0]])
             box.eval()(pred, pred + 0.5, weight=torch.ones(1))
         cls = self.cls_module()
@@ -417,7 +419,7 @@ def patch(
         >>> patch(box_loss="ciou", alpha_gate=1)
         Traceback (most recent call last):
         ...
-        detloss.errors.DetLossError: ciou_loss(): argument `alpha_gate` expected True or False, got 1
+        detloss.errors.DetLossError: CIoULoss(): argument `alpha_gate` expected True or False, got 1
     """
     losses = Losses(box_loss, box_options, cls_loss, _options("patch", "cls_options", cls_options))
     _import_ultralytics()
