@@ -42,7 +42,7 @@ def data_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(data_yaml: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Train once; count every call of detloss's Wise-IoU, in training and in eval mode."""
     calls: Counter[str] = Counter()
-    original = detloss.nn.WiseIoUState.forward
+    original = detloss.nn.WiseIoUState.compute
 
     def counted(self: detloss.nn.WiseIoUState, *args: Any, **kwargs: Any) -> torch.Tensor:
         calls["train" if self.training else "eval"] += 1
@@ -51,7 +51,7 @@ def trained(data_yaml: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     project = tmp_path_factory.mktemp("runs")
     model = YOLO("yolo11n.yaml")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(detloss.nn.WiseIoUState, "forward", counted)
+        mp.setattr(detloss.nn.WiseIoUState, "compute", counted)
         model.train(trainer=DetlossTrainer, data=str(data_yaml), project=str(project), name="wiou", **SETTINGS)
     return {"model": model, "trainer": model.trainer, "calls": calls, "save_dir": Path(model.trainer.save_dir)}
 
