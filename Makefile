@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo`, then `make test`.
-# TORCH_SPEC: here `torch==2.13.0` takes the CPU build on disk; any other spec may pull CUDA.
+# TORCH_SPEC: the torch to install (default: 2.13.0, CPU wheels where the index has them; a bare `torch`
+# may pull the CUDA build, several GB).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0

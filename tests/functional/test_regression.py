@@ -46,7 +46,7 @@ def test_golden_values(fn, options, expected) -> None:
 
 
 def test_balanced_l1_constants_of_the_paper() -> None:
-    # alpha ln(b + 1) = gamma defines b; both branches meet at 1.0786 for the defaults (PAPERS.md)
+    # alpha ln(b + 1) = gamma defines b; both branches meet at 1.0786 for the defaults (Pang et al., CVPR 2019)
     assert B == pytest.approx(19.0855, abs=1e-4)
     assert 0.5 * math.log(B + 1) == pytest.approx(1.5)
     assert 1.5 + 1.5 / B - 0.5 == pytest.approx(1.0786, abs=1e-4)
