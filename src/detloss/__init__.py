@@ -10,7 +10,7 @@ Example:
 """
 
 from detloss import boxes, functional, reduction
-from detloss._backend import get_backend, set_backend
+from detloss._backend import BackendInfo, backend_info, get_backend, set_backend, use_backend
 from detloss.errors import DetLossError
 from detloss.nn import (
     AlphaIoULoss,
@@ -58,8 +58,11 @@ __all__ = [
     "CrossEntropyLoss",
     "DIoULoss",
     "DetLossError",
+    "BackendInfo",
+    "backend_info",
     "get_backend",
     "set_backend",
+    "use_backend",
     "DistributionFocalLoss",
     "EIoULoss",
     "ExponentialLoss",

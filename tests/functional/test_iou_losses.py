@@ -11,7 +11,7 @@ import torch
 
 from detloss import functional as F
 from detloss import nn as N
-from detloss._backend import set_backend
+from detloss import set_backend
 from detloss.boxes import convert
 from detloss.errors import DetLossError
 from detloss.registry import LOSSES
