@@ -84,8 +84,9 @@ def _tensor(where: str, name: str, t: object) -> torch.Tensor:
 
 
 def _check_labels(where: str, name: str, labels: torch.Tensor, num: int, ignore_index: int | None = None) -> None:
-    """Raise unless every label is in ``[0, num)`` (or equals ``ignore_index``); CPU tensors only."""
-    if labels.device.type != "cpu" or labels.numel() == 0:
+    """Raise unless every label is in ``[0, num)`` (or equals ``ignore_index``); CPU tensors only,
+    and not inside ``torch.compile`` (reading the labels would break the graph)."""
+    if labels.device.type != "cpu" or labels.numel() == 0 or torch.compiler.is_compiling():
         return
     bad = (labels < 0) | (labels >= num)
     if ignore_index is not None:
