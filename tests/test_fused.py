@@ -546,3 +546,18 @@ def test_bench_command_writes_rows(tmp_path) -> None:
     assert {"reference", "fused", "floor"} <= impls
     assert all(math.isfinite(row["fwd_bwd_ms"]) for row in result["rows"])
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "report.md").is_file()
+
+
+def test_bench_compiled_step_rows() -> None:
+    """The compiled-step rows: the same compiled step with each backend's losses inside, each
+    over the reference's (torch.compile's eager backend here, to keep the test quick)."""
+    from detloss.experiments.bench import COMPILED_STEP, report_markdown, run_bench
+
+    names = ["reference", "native"] if detloss.backend_info().native_library else ["reference", "fused"]
+    rows = run_bench([COMPILED_STEP], [64], backends=names[1:], repeat=2, compile_backend="eager")
+    assert [row["impl"] for row in rows] == names and all(row["loss"] == COMPILED_STEP for row in rows)
+    assert rows[0]["ratio_vs_reference"] == 1.0
+    assert rows[1]["ratio_vs_reference"] == pytest.approx(rows[1]["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"], rel=1e-2)
+    assert all(row["compile_s"] > 0 and math.isfinite(row["fwd_bwd_ms"]) for row in rows)
+    report = report_markdown(rows, {"device": "cpu"})
+    assert "| impl | n | compile s |" in report and f"| {names[1]} | 64 |" in report
