@@ -15,7 +15,6 @@ import json
 import math
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -55,15 +54,13 @@ def need(backend: str) -> None:
         pytest.skip(f"native kernel unavailable: {info.native_failure}")
 
 
-@contextmanager
-def threads(n: int) -> Iterator[None]:
-    """torch (and the native kernel's OpenMP loops) on ``n`` threads inside the block."""
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """Two torch threads (the native kernel's OpenMP loops split their work), restored after."""
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def cases(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -410,55 +407,57 @@ def upstream(layout: str, shape: torch.Size, dtype: torch.dtype, seed: int) -> t
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float32: the AVX-512 transpose
 @pytest.mark.parametrize("kind,options", [("giou", {}), ("ciou", {}), ("siou", {})], ids=["giou", "ciou", "siou"])
-def test_native_iou_loops_many_blocks_every_gradient_layout(kind: str, options: dict, dtype: torch.dtype) -> None:
+def test_native_iou_loops_many_blocks_every_gradient_layout(
+    kind: str, options: dict, dtype: torch.dtype, two_threads: None
+) -> None:
     """Several threads' chunks and blocks, a partial block, each upstream layout on each output."""
     need("native")
     p, t = cases(dtype)
     reps = (3 * 2048 + 77) // p.shape[0] + 1
     p, t = p.repeat(reps, 1)[: 3 * 2048 + 77], t.repeat(reps, 1)[: 3 * 2048 + 77]
     p = p + torch.arange(p.shape[0], dtype=dtype)[:, None] * 1e-3  # no two rows alike
-    with threads(2):
-        for layout_loss, layout_iou in [(a, b) for a in LAYOUTS for b in ("absent", "dense")]:
-            if layout_loss == layout_iou == "absent":
-                continue
-            for target_grad in (True, False):
-                results = []
-                for backend in ("reference", "native"):
-                    detloss.set_backend(backend)
-                    ps = p.clone().requires_grad_(True)
-                    ts = t.clone().requires_grad_(target_grad)
-                    loss, iou = box_loss("test", kind, ps, ts, "xyxy", 1e-7, **options)
-                    pairs = [
-                        (out, upstream(layout, out.shape, out.dtype, seed))
-                        for out, layout, seed in ((loss, layout_loss, 1), (iou, layout_iou, 2))
-                    ]
-                    outputs, grads = zip(*[(o, g) for o, g in pairs if g is not None])
-                    torch.autograd.backward(list(outputs), list(grads))
-                    results.append((loss.detach(), ps.grad, ts.grad))
-                for a, e in zip(results[1], results[0]):
-                    close(a, e, dtype)
+    for layout_loss, layout_iou in [(a, b) for a in LAYOUTS for b in ("absent", "dense")]:
+        if layout_loss == layout_iou == "absent":
+            continue
+        for target_grad in (True, False):
+            results = []
+            for backend in ("reference", "native"):
+                detloss.set_backend(backend)
+                ps = p.clone().requires_grad_(True)
+                ts = t.clone().requires_grad_(target_grad)
+                loss, iou = box_loss("test", kind, ps, ts, "xyxy", 1e-7, **options)
+                pairs = [
+                    (out, upstream(layout, out.shape, out.dtype, seed))
+                    for out, layout, seed in ((loss, layout_loss, 1), (iou, layout_iou, 2))
+                ]
+                outputs, grads = zip(*[(o, g) for o, g in pairs if g is not None])
+                torch.autograd.backward(list(outputs), list(grads))
+                results.append((loss.detach(), ps.grad, ts.grad))
+            for a, e in zip(results[1], results[0]):
+                close(a, e, dtype)
 
 
 @pytest.mark.parametrize("kind,alpha,gamma", [("focal", 0.25, 2.0), ("quality", None, 2.0), ("varifocal", 0.75, 2.0)])
-def test_native_binary_loops_many_blocks_every_gradient_layout(kind: str, alpha: float | None, gamma: float) -> None:
+def test_native_binary_loops_many_blocks_every_gradient_layout(
+    kind: str, alpha: float | None, gamma: float, two_threads: None
+) -> None:
     need("native")
     g = torch.Generator().manual_seed(9)
     x = torch.randn(5 * 8192 + 13, generator=g, dtype=torch.float64) * 4
     y = torch.rand(x.shape, generator=g, dtype=torch.float64)
     y[::3] = 0.0
-    with threads(2):
-        for layout in ("dense", "expanded", "strided"):
-            for target_grad in (True, False):
-                xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(target_grad)
-                out = torch.ops.detloss.binary_loss(xs, ys, kind, alpha, gamma)
-                grad = upstream(layout, out.shape, out.dtype, 4)
-                out.backward(grad)
-                xr, yr = x.clone().requires_grad_(True), y.clone().requires_grad_(target_grad)
-                reference_binary(xr, yr, kind, alpha, gamma).backward(grad)
-                torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-10, atol=1e-12)
-                assert (ys.grad is None) == (not target_grad)
-                if target_grad:
-                    torch.testing.assert_close(ys.grad, yr.grad, rtol=1e-10, atol=1e-12)
+    for layout in ("dense", "expanded", "strided"):
+        for target_grad in (True, False):
+            xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(target_grad)
+            out = torch.ops.detloss.binary_loss(xs, ys, kind, alpha, gamma)
+            grad = upstream(layout, out.shape, out.dtype, 4)
+            out.backward(grad)
+            xr, yr = x.clone().requires_grad_(True), y.clone().requires_grad_(target_grad)
+            reference_binary(xr, yr, kind, alpha, gamma).backward(grad)
+            torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-10, atol=1e-12)
+            assert (ys.grad is None) == (not target_grad)
+            if target_grad:
+                torch.testing.assert_close(ys.grad, yr.grad, rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------- backends and compile
