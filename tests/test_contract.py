@@ -125,7 +125,8 @@ def test_every_backend_gives_the_reference_values_and_gradients(key: str, backen
     the loss's values and gradients are the reference path's to float rounding."""
     import detloss
 
-    info = detloss.backend_info()
+    with detloss.use_backend(backend):  # asking for native loads it (or builds it, once)
+        info = detloss.backend_info()
     if backend == "native" and info.native_library is None:
         pytest.skip(f"native kernel unavailable: {info.native_failure}")
     if backend == "compiled" and dtype == torch.float64:

@@ -47,7 +47,8 @@ def _restore_backend():
 
 
 def need(backend: str) -> None:
-    info = detloss.backend_info()
+    with detloss.use_backend(backend):  # asking for native loads it (or builds it, once)
+        info = detloss.backend_info()
     if backend == "native" and info.native_library is None:
         if shutil.which("c++") and shutil.which("ninja"):
             pytest.fail(f"a compiler and ninja are here but the native kernel did not build: {info.native_failure}")

@@ -41,7 +41,8 @@ def _restore_backend():
 
 
 def need_native() -> None:
-    info = detloss.backend_info()
+    with detloss.use_backend("native"):  # loads it (or builds it, once)
+        info = detloss.backend_info()
     if info.native_library is None:
         pytest.skip(f"native kernel unavailable: {info.native_failure}")
 
