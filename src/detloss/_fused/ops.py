@@ -11,8 +11,18 @@ prediction and of the target (an empty tensor when ``target_grad`` is false)::
 
 ``iou_loss`` takes aligned ``(N, 4)`` ``xyxy`` pairs and returns ``1 - similarity`` and the IoU
 of :func:`detloss.boxes.iou.box_similarity` (``kind`` in ``iou, giou, diou, ciou, eiou, siou``);
-``binary_loss`` the elementwise ``bce``, ``focal``, ``quality`` or ``varifocal`` loss of logits
-(exponent ``gamma`` 0 or >= 1). Each has these implementations, one definition each:
+``alpha_gate`` is CIoU's journal gate (aspect term only where IoU >= 0.5), ``paper_grad`` the
+CIoU paper's gradient of the aspect term, ``siou_theta`` SIoU's shape exponent; ``binary_loss``
+gives the elementwise ``bce``, ``focal``, ``quality`` or ``varifocal`` loss of logits
+(``alpha`` ``None``: no class weight, varifocal's 0.75; exponent ``gamma`` 0 or >= 1).
+
+Example:
+    >>> import torch, detloss
+    >>> pred, target = torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[0.0, 0.0, 4.0, 2.0]])
+    >>> torch.ops.detloss.iou_loss(pred, target, "giou", 1e-7, False, False, 4.0)  # IoU 4/8, enclosing = union
+    (tensor([0.5000]), tensor([0.5000]))
+
+Each has these implementations, one definition each:
 
 - CPU: the C++ kernels of ``kernels.cpp``, with their autograd in C++ too (``AutogradCPU``), once
   :mod:`detloss._fused.native` has loaded the library; a call on CPU tensors then runs no Python
@@ -34,8 +44,9 @@ Adding an operator (e.g. a rotated-box loss):
    two fake kernels): it is defined, registered, given autograd and ``torch_function`` here;
 3. for a CPU kernel, write the two C++ functions in ``kernels.cpp`` and add one ``m.impl`` line
    to each of its two ``TORCH_LIBRARY_IMPL`` blocks (the autograd block reuses ``pair_autograd``);
-4. add a sample to ``OPCHECK_SAMPLES`` in ``tests/test_ops.py`` and a call site in the dispatch
-   (:mod:`detloss._backend`).
+4. add its samples to ``opcheck_samples()`` in ``tests/test_ops.py``, and its call site to the
+   dispatch (:mod:`detloss._backend`: an entry point like ``box_loss`` that returns ``None``
+   for what the operator does not cover).
 """
 
 from __future__ import annotations
