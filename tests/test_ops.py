@@ -363,3 +363,27 @@ def test_every_loss_traces_without_graph_break(key: str) -> None:
 
     explained = torch._dynamo.explain(loss)(*inputs)
     assert explained.graph_break_count == 0, [str(b.reason).splitlines()[0] for b in explained.break_reasons]
+
+
+def test_double_backward_raises_on_the_native_kernel_and_works_on_the_torch_path() -> None:
+    """The native backward is differentiable once (a clear error beyond); the pure-torch path's
+    backward is torch code, so a second derivative exists and is the reference's."""
+    need_native()
+    p, t = pairs(5, torch.float64)
+    p.requires_grad_(True)
+    x, y = logits(4, torch.float64)
+    x.requires_grad_(True)
+    for leaf, loss, op in (
+        (p, lambda: F.giou_loss(p, t), "iou_loss"),
+        (x, lambda: F.sigmoid_focal_loss(x, y), "binary_loss"),
+    ):
+        with detloss.use_backend("native"):
+            (grad,) = torch.autograd.grad(loss(), leaf, create_graph=True)
+        with pytest.raises(RuntimeError, match=f"derivative for detloss::{op}_backward is not implemented"):
+            torch.autograd.grad(grad.sum(), leaf)
+        second = []
+        for backend in ("reference", "fused"):
+            with detloss.use_backend(backend):
+                (grad,) = torch.autograd.grad(loss(), leaf, create_graph=True)
+            second.append(torch.autograd.grad(grad.sum(), leaf)[0])
+        torch.testing.assert_close(second[1], second[0], rtol=1e-9, atol=1e-12)

@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -766,7 +767,7 @@ void pair_autograd(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 }  // namespace
 
 // The schemas are defined in Python (detloss._fused.ops) before this library is loaded; adding an
-// operator here is one m.impl line in each block.
+// operator here is one m.impl line for each of its two operators in each block.
 TORCH_LIBRARY_IMPL(detloss, CPU, m) {
   m.impl("iou_loss", &iou_loss);
   m.impl("iou_loss_backward", &iou_loss_backward);
@@ -774,7 +775,11 @@ TORCH_LIBRARY_IMPL(detloss, CPU, m) {
   m.impl("binary_loss_backward", &binary_loss_backward);
 }
 
+// The backward operators are differentiable once: a double backward through them raises
+// "derivative for detloss::..._backward is not implemented" (the reference backend has them).
 TORCH_LIBRARY_IMPL(detloss, AutogradCPU, m) {
   m.impl("iou_loss", torch::CppFunction::makeFromBoxedFunction<&pair_autograd>());
+  m.impl("iou_loss_backward", torch::autograd::autogradNotImplementedFallback());
   m.impl("binary_loss", torch::CppFunction::makeFromBoxedFunction<&pair_autograd>());
+  m.impl("binary_loss_backward", torch::autograd::autogradNotImplementedFallback());
 }
