@@ -165,6 +165,8 @@ NO_KERNEL_SCRIPT = textwrap.dedent(
     from detloss.testing import random_boxes
     info = detloss.backend_info()
     out = {"cpu": info.cpu, "failure": info.native_failure, "library": info.native_library}
+    with detloss.use_backend("native"):
+        out["native_asked"] = detloss.get_backend()
     g = torch.Generator().manual_seed(0)
     t = random_boxes(9, generator=g)
     p = (t + torch.rand(t.shape, generator=g, dtype=torch.float64)).requires_grad_(True)
@@ -211,6 +213,7 @@ def test_operators_without_the_native_kernel_run_their_torch_kernels() -> None:
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["library"] is None and "no-such-compiler-here" in out["failure"]
     assert out["cpu"] == "reference"  # faster on CPU than the pure-torch kernels op by op
+    assert out["native_asked"] == "reference"  # asked for where it cannot run: no error
     assert all(error < 1e-12 for error in out["errors"].values()), out["errors"]
 
 
