@@ -157,10 +157,11 @@ def test_every_backend_gives_the_reference_values_and_gradients(key: str, backen
     """Whatever part of a loss a backend runs (the IoU kernel, the binary family, or nothing),
     the loss's values and gradients are the reference path's to float rounding."""
     import detloss
-    from detloss._fused import native
 
-    if backend == "native" and not native.available():
-        pytest.skip(f"native kernel unavailable: {native.failure()}")
+    with detloss.use_backend(backend):  # asking for native loads it (or builds it, once)
+        info = detloss.backend_info()
+    if backend == "native" and info.native_library is None:
+        pytest.skip(f"native kernel unavailable: {info.native_failure}")
     if backend == "compiled" and dtype == torch.float64:
         pytest.skip("one dtype is enough for the compiled path (a compile per loss)")
     results = []

@@ -97,13 +97,11 @@ KINDS: dict[str, tuple[Callable[..., torch.Tensor], Callable[[float, float], tup
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> object:
-    from detloss._fused import native
-
-    if request.param == "native" and not native.available():
-        pytest.skip(f"native kernel unavailable: {native.failure()}")
-    detloss.set_backend(request.param)
-    yield request.param
-    detloss.set_backend(None)
+    with detloss.use_backend(request.param):
+        info = detloss.backend_info()
+        if info.cpu != request.param:
+            pytest.skip(f"{request.param} backend unavailable here: {info.native_failure}")
+        yield request.param
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -10,7 +10,7 @@ Example:
 """
 
 from detloss import boxes, functional, nn, reduction
-from detloss._backend import get_backend, set_backend
+from detloss._backend import BackendInfo, backend_info, get_backend, set_backend, use_backend
 from detloss.errors import DetLossError
 from detloss.nn import *  # noqa: F403  (every module class: the list is nn.__all__)
 from detloss.registry import LOSSES, available_losses, build_loss
@@ -19,14 +19,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LOSSES",
+    "BackendInfo",
     "DetLossError",
     "__version__",
     "available_losses",
+    "backend_info",
     "boxes",
     "build_loss",
     "functional",
     "get_backend",
     "reduction",
     "set_backend",
+    "use_backend",
     *nn.__all__,
 ]

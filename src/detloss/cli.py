@@ -485,9 +485,9 @@ def convert_dataset(
 
 @app.command()
 def bench(
-    losses: Annotated[str, typer.Option(help="Comma-separated losses (IoU family and binary family).")] = (
-        "iou,giou,diou,ciou,eiou,siou,sigmoid_focal,quality_focal,varifocal,binary_cross_entropy"
-    ),
+    losses: Annotated[
+        str, typer.Option(help="Comma-separated losses (IoU family, binary family) and compiled-step.")
+    ] = "iou,giou,diou,ciou,eiou,siou,sigmoid_focal,quality_focal,varifocal,binary_cross_entropy,compiled-step",
     sizes: Annotated[
         str,
         typer.Option(
@@ -509,13 +509,13 @@ def bench(
 
     from detloss._backend import BACKENDS
     from detloss._checks import check_choice, check_range
-    from detloss.experiments.bench import BINARY_LOSSES, IOU_LOSSES, report_markdown, run_bench
+    from detloss.experiments.bench import BENCH_LOSSES, report_markdown, run_bench
     from detloss.experiments.runs import atomic_write_text, new_run_dir, run_header, write_csv, write_json
 
     started = time.perf_counter()
     names = [x for x in losses.split(",") if x]
     for name in names:
-        check_choice("detloss bench", "--losses", name, IOU_LOSSES + BINARY_LOSSES)
+        check_choice("detloss bench", "--losses", name, BENCH_LOSSES)
     try:
         counts = [int(float(x)) for x in sizes.split(",") if x] or None
     except ValueError:

@@ -9,9 +9,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
+import detloss
 from detloss import functional as F
 from detloss import nn as N
-from detloss._backend import set_backend
+from detloss import set_backend
 from detloss.boxes import convert
 from detloss.errors import DetLossError
 from detloss.registry import LOSSES
@@ -265,18 +266,14 @@ GATE_PAIRS: list[tuple[Box, Box, bool]] = [
 def test_ciou_gate_side_is_the_same_in_every_dtype_and_backend(dtype: torch.dtype, fast: str) -> None:
     """The journal gate keeps the aspect term for IoU >= 0.5, decided on the areas: a pair with
     IoU exactly 0.5 is gated the same in float32 (where the union's eps rounds away) and float64."""
-    from detloss._fused import native
-
-    if fast == "native" and not native.available():
-        pytest.skip(f"native kernel unavailable: {native.failure()}")
     pred = torch.tensor([p for p, _, _ in GATE_PAIRS], dtype=dtype)
     target = torch.tensor([t for _, t, _ in GATE_PAIRS], dtype=dtype)
     expected = [ref_box_loss(p, t, "ciou" if open_ else "diou") for p, t, open_ in GATE_PAIRS]
-    try:
-        set_backend(fast)
+    with detloss.use_backend(fast):
+        info = detloss.backend_info()
+        if info.cpu != fast:
+            pytest.skip(f"{fast} backend unavailable here: {info.native_failure}")
         got = F.ciou_loss(pred, target, alpha_gate=True, reduction="none")
-    finally:
-        set_backend(None)
     torch.testing.assert_close(got.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=1e-6)
     assert got[0].item() == pytest.approx(0.553248, abs=1e-6)  # 0.5 + 1/20 + alpha v, in both dtypes
 

@@ -39,7 +39,7 @@ from typing import cast
 import torch
 import torch.nn.functional as tnf
 
-from detloss import _fused
+from detloss import _backend
 from detloss._checks import (
     check_broadcasts_to,
     check_broadcasts_with,
@@ -97,8 +97,9 @@ def _tensor(where: str, name: str, t: object) -> torch.Tensor:
 
 
 def _check_labels(where: str, name: str, labels: torch.Tensor, num: int, ignore_index: int | None = None) -> None:
-    """Raise unless every label is in ``[0, num)`` (or equals ``ignore_index``); CPU tensors only."""
-    if labels.device.type != "cpu" or labels.numel() == 0:
+    """Raise unless every label is in ``[0, num)`` (or equals ``ignore_index``); CPU tensors only,
+    and not inside ``torch.compile`` (reading the labels would break the graph)."""
+    if labels.device.type != "cpu" or labels.numel() == 0 or torch.compiler.is_compiling():
         return
     bad = (labels < 0) | (labels >= num)
     if ignore_index is not None:
@@ -182,7 +183,7 @@ def _bce_elementwise(
     logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | float | None
 ) -> torch.Tensor:
     """``-(w t log p + (1 - t) log(1 - p))`` with ``log p = logsigmoid(x)``, ``log(1 - p) = logsigmoid(-x)``."""
-    fast = None if pos_weight is not None else _fused.binary_loss(logits, target, "bce")
+    fast = None if pos_weight is not None else _backend.binary_loss(logits, target, "bce")
     if fast is not None:  # None: the backend is "reference" or does not cover this call
         return fast
     positive = target * tnf.logsigmoid(logits)
@@ -195,7 +196,7 @@ def _sigmoid_focal_elementwise(
     logits: torch.Tensor, target: torch.Tensor, alpha: float | None, gamma: float
 ) -> torch.Tensor:
     """``-alpha_t (1 - p_t)^gamma [t log p + (1 - t) log(1 - p)]`` (Lin et al., Eq. 5, soft ``t``)."""
-    fast = _fused.binary_loss(logits, target, "focal", alpha=alpha, gamma=gamma)
+    fast = _backend.binary_loss(logits, target, "focal", alpha=alpha, gamma=gamma)
     if fast is not None:
         return fast
     loss = _bce_elementwise(logits, target, None)
@@ -208,7 +209,7 @@ def _sigmoid_focal_elementwise(
 
 def _quality_focal_elementwise(logits: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
     """``|y - p|^beta BCE(p, y)``; ``y - p = y (1 - p) - (1 - y) p`` from sigmoids (exact for y in {0, 1})."""
-    fast = _fused.binary_loss(logits, target, "quality", gamma=beta)
+    fast = _backend.binary_loss(logits, target, "quality", gamma=beta)
     if fast is not None:
         return fast
     loss = _bce_elementwise(logits, target, None)
@@ -220,7 +221,7 @@ def _quality_focal_elementwise(logits: torch.Tensor, target: torch.Tensor, beta:
 
 def _varifocal_elementwise(logits: torch.Tensor, target: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
     """``q BCE(p, q)`` where ``q > 0``, ``alpha p^gamma BCE(p, 0)`` where ``q = 0`` (VarifocalNet, Eq. 2)."""
-    fast = _fused.binary_loss(logits, target, "varifocal", alpha=alpha, gamma=gamma)
+    fast = _backend.binary_loss(logits, target, "varifocal", alpha=alpha, gamma=gamma)
     if fast is not None:
         return fast
     loss = _bce_elementwise(logits, target, None)

@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from detloss import _fused
+from detloss import _backend
 from detloss._checks import check_choice, check_flag, check_floating, check_range
 from detloss._typing import AvgFactor, BoxFormat, IoUKind, Reduction
 from detloss.boxes.convert import convert, to_xyxy
@@ -76,7 +76,7 @@ def box_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Checked ``(1 - similarity, iou)`` elementwise, for the losses of this package."""
     p, t = prepare_pair(where, pred, target, box_format, eps)
-    fast = _fused.box_loss(p, t, kind, eps, **options)  # None: the backend is "reference" or does not cover it
+    fast = _backend.box_loss(p, t, kind, eps, **options)  # None: the backend is "reference" or does not cover it
     if fast is not None:
         return fast
     similarity, iou = box_similarity(p, t, kind, eps, **options)
