@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from detloss._fused import IOU_KIND_IDS, native
-from detloss.experiments.bench import IOU_LOSSES, _floor, _inputs
+import detloss
+from detloss.experiments.bench import IOU_LOSSES, bench_inputs, floor_copy
 
 BYTES_FLOOR = 64  # read 32 bytes of boxes, write 32
 BYTES_FWD_BWD = 32 + 8 + 4 + 32 + 16
@@ -42,19 +42,20 @@ def ns_per_pair(step: Callable[[], Any], n: int, calls: int, repeat: int = 7) ->
     return statistics.median(runs) / n * 1e9
 
 
-def kernel_steps(mod: Any, kind: str, n: int) -> tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]:
-    pred, target = _inputs(kind, n, torch.device("cpu"))
+def kernel_steps(kind: str, n: int) -> tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]:
+    """The operators' CPU kernels (``torch.ops.detloss.iou_loss`` and its backward), called
+    directly: no autograd, no reduction."""
+    pred, target = bench_inputs(kind, n, torch.device("cpu"))
     grad = torch.full((1,), 1.0 / n).expand(n)  # the mean's upstream gradient
-    none = torch.empty(0)
-    kid = IOU_KIND_IDS[kind]
+    forward_op, backward_op = torch.ops.detloss.iou_loss.default, torch.ops.detloss.iou_loss_backward.default
 
     def forward() -> None:
-        mod.iou_forward(pred, target, kid, 1e-7, False, 4.0)
+        forward_op(pred, target, kind, 1e-7, False, False, 4.0)
 
     def backward() -> None:
-        mod.iou_backward(pred, target, grad, none, kid, 1e-7, False, False, 4.0, False)
+        backward_op(pred, target, grad, None, kind, 1e-7, False, False, 4.0, False)
 
-    return forward, backward, _floor(pred, target)
+    return forward, backward, floor_copy(pred, target)
 
 
 def main() -> None:
@@ -62,16 +63,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    mod = native.module()
-    if mod is None:
-        raise SystemExit(f"native kernel unavailable: {native.failure()}")
+    info = detloss.backend_info()
+    if info.native_library is None:
+        raise SystemExit(f"native kernel unavailable: {info.native_failure}")
     print(f"{args.threads} threads; ns per pair; floor = copying a pair's boxes ({BYTES_FLOOR} bytes moved)")
     print("| kind | compute fwd+bwd (in cache) | memory (92 B) | floor | bound x floor | measured x floor |")
     print("|---|---|---|---|---|---|")
     for kind in IOU_LOSSES:
-        fwd_c, bwd_c, _ = kernel_steps(mod, kind, 32_768)
+        fwd_c, bwd_c, _ = kernel_steps(kind, 32_768)
         compute = ns_per_pair(fwd_c, 32_768, 200) + ns_per_pair(bwd_c, 32_768, 200)
-        fwd, bwd, floor_step = kernel_steps(mod, kind, 1_000_000)
+        fwd, bwd, floor_step = kernel_steps(kind, 1_000_000)
         floor = ns_per_pair(floor_step, 1_000_000, 10)
         measured = ns_per_pair(fwd, 1_000_000, 10) + ns_per_pair(bwd, 1_000_000, 10)
         memory = floor * BYTES_FWD_BWD / BYTES_FLOOR

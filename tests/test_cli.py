@@ -51,3 +51,79 @@ def test_console_script_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "GIoU" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["boxes", "--gt", "0,0,-5,5"], "--gt"),  # xywh: a negative width
+        (["boxes", "--gt", "0,0,5,5", "--pred", "1,1,2,-0.5"], "--pred"),
+        (["boxes", "--format", "cxcywh", "--gt", "5,5,-1,2"], "--gt"),
+        (["boxes", "--format", "xyxy", "--gt", "4,0,2,2"], "--gt"),  # x2 < x1
+    ],
+)
+def test_boxes_with_negative_sides_are_refused(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(args, capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and needle in err and ">= " in err
+
+
+def test_boxes_degenerate_but_valid_boxes_still_print(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["boxes", "--gt", "0,0,0,5", "--pred", "0,0,2,2"], capsys)  # zero width: IoU 0
+    assert code == 0 and "0.0000" in out
+
+
+def test_boxes_out_is_checked_before_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for bad, needle in ((tmp_path / "missing" / "x.png", "missing"), (tmp_path / "x.gif", ".png")):
+        code, out, err = run(["boxes", "--out", str(bad)], capsys)
+        assert code == 2 and out == "", out  # nothing printed before the refusal
+        assert len(err.strip().splitlines()) == 1 and "--out" in err and needle in err
+        assert not bad.exists()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "magic"), [(".jpg", b"\xff\xd8\xff"), (".jpeg", b"\xff\xd8\xff"), (".pdf", b"%PDF")]
+)
+def test_boxes_out_writes_the_format_of_its_suffix(
+    suffix: str, magic: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / f"boxes{suffix}"
+    code, _, _ = run(["boxes", "--out", str(path)], capsys)
+    assert code == 0 and path.read_bytes().startswith(magic)
+
+
+def widest_line(text: str) -> int:
+    return max(len(line.rstrip()) for line in text.splitlines())
+
+
+def test_tables_fit_an_80_column_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Output that is not a terminal is 80 columns wide, as rich assumes; nothing is cut."""
+    code, out, _ = run(["boxes"], capsys)
+    assert code == 0 and widest_line(out) <= 80 and "…" not in out
+    assert "-0.1075" in out and "1.1075" in out  # CIoU of the first demo prediction and its loss
+    fuzz = ["fuzz", "--cases", "20", "--losses", "binary_cross_entropy,ghm_c", "--out", str(tmp_path)]
+    code, out, _ = run(fuzz, capsys)
+    assert code == 0 and widest_line(out) <= 80
+    assert "binary_cross_entropy" in out and "autocast_bf16" in out and "…" not in out.split("inf value,")[0]
+
+
+def test_version_and_list(capsys: pytest.CaptureFixture[str]) -> None:
+    import detloss
+
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.startswith(f"detloss {detloss.__version__} (torch ")
+    code, out, _ = run(["list"], capsys)
+    assert code == 0 and widest_line(out) <= 80
+    for key in detloss.available_losses():
+        assert f"\n {key} " in out or f"\n {key}\n" in out, key
+    focal = out.split("\n sigmoid_focal ")[1].split("\n\n")[0]
+    assert "Lin et al." in focal and "alpha=0.25" in focal and "gamma=2.0" in focal  # the paper's defaults
+    assert "SigmoidFocalLoss" in focal
+
+
+def test_bare_command_prints_help_and_no_empty_error(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, err = run([], capsys)
+    assert "Usage" in out + err and "convert-dataset" in out + err
+    assert "error" not in err

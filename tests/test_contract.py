@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 import torch
@@ -32,6 +33,16 @@ def test_reductions_agree(key: str) -> None:
     torch.testing.assert_close(call(key, inputs, reduction="mean", avg_factor=3.0), none.sum() / 3.0)
     weight = torch.rand(none.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(call(key, inputs, reduction="sum", weight=weight), (none * weight).sum())
+
+
+@pytest.mark.parametrize("key", LOSSES)
+def test_no_positives_gives_the_sum(key: str) -> None:
+    """``avg_factor=0`` (a batch without positives) is the sum: finite, no division by ~0."""
+    inputs = sample_inputs(key, 6, dtype=torch.float64)
+    loss = call(key, inputs, reduction="mean", avg_factor=0)
+    torch.testing.assert_close(loss, call(key, inputs, reduction="sum"))
+    loss.backward()
+    assert all(torch.isfinite(t.grad).all() for t in inputs if t.requires_grad and t.grad is not None)
 
 
 @pytest.mark.parametrize("key", LOSSES)
@@ -87,6 +98,28 @@ def test_module_equals_function_with_same_defaults(key: str) -> None:
 
 
 @pytest.mark.parametrize("key", LOSSES)
+def test_module_forward_names_the_function_inputs(key: str) -> None:
+    """``help()`` and ``inspect.signature`` show ``forward(pred, target, weight, avg_factor)``
+    (``iou_aware``: its three inputs), and the names work as keywords."""
+    spec = get_spec(key)
+    inputs = [p.name for p in inspect.signature(spec.function).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert inputs[:2] == ["pred", "target"] or inputs == ["pred", "pred_boxes", "target_boxes"]
+    params = list(inspect.signature(spec.module.forward).parameters)
+    assert params == ["self", *inputs, "weight", "avg_factor"]
+    module = spec.module(**dict(spec.call_options))
+    values = sample_inputs(key, 4, dtype=torch.float64, requires_grad=False)
+    expected = spec.function(*values, **dict(spec.call_options), avg_factor=2.0)
+    torch.testing.assert_close(module(*values, avg_factor=2.0), expected)
+    torch.testing.assert_close(module(**dict(zip(inputs, values)), avg_factor=2.0), expected)
+    shape = spec.function(*values, **dict(spec.call_options), reduction="none").shape
+    weight = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    positional = module(*values, weight)  # weight is the parameter after the inputs
+    torch.testing.assert_close(positional, spec.function(*values, **dict(spec.call_options), weight=weight))
+    with pytest.raises(TypeError):
+        module(*values, no_such_input=1)
+
+
+@pytest.mark.parametrize("key", LOSSES)
 def test_gradcheck_float64(key: str) -> None:
     spec = get_spec(key)
     options = dict(spec.exact_options or ())
@@ -124,10 +157,11 @@ def test_every_backend_gives_the_reference_values_and_gradients(key: str, backen
     """Whatever part of a loss a backend runs (the IoU kernel, the binary family, or nothing),
     the loss's values and gradients are the reference path's to float rounding."""
     import detloss
-    from detloss._fused import native
 
-    if backend == "native" and not native.available():
-        pytest.skip(f"native kernel unavailable: {native.failure()}")
+    with detloss.use_backend(backend):  # asking for native loads it (or builds it, once)
+        info = detloss.backend_info()
+    if backend == "native" and info.native_library is None:
+        pytest.skip(f"native kernel unavailable: {info.native_failure}")
     if backend == "compiled" and dtype == torch.float64:
         pytest.skip("one dtype is enough for the compiled path (a compile per loss)")
     results = []
@@ -147,3 +181,41 @@ def test_every_backend_gives_the_reference_values_and_gradients(key: str, backen
     assert len(grads) == len(ref_grads) > 0
     for grad, ref in zip(grads, ref_grads):
         torch.testing.assert_close(grad, ref, **tol)
+
+
+def documented_arguments(obj: object) -> list[str]:
+    """The names an ``Args:`` section lists (``name: ...`` lines indented once under it)."""
+    doc = inspect.getdoc(obj) or ""
+    lines = doc.splitlines()
+    if "Args:" not in lines:
+        return []
+    names = []
+    for line in lines[lines.index("Args:") + 1 :]:
+        if line and not line.startswith(" "):
+            break  # the next section
+        match = re.match(r"^ {4}(\w+):", line)
+        if match:
+            names.append(match.group(1))
+    return names
+
+
+def public_functions() -> list[tuple[str, object]]:
+    from detloss import boxes, functional
+    from detloss.boxes.iou import box_similarity
+    from detloss.reduction import global_avg_factor, reduce_loss
+
+    found = [(f"functional.{n}", getattr(functional, n)) for n in functional.__all__]
+    found += [(f"boxes.{n}", getattr(boxes, n)) for n in boxes.__all__ if callable(getattr(boxes, n))]
+    found += [("boxes.BoxCoder.encode", boxes.BoxCoder.encode), ("boxes.BoxCoder.decode", boxes.BoxCoder.decode)]
+    found += [("box_similarity", box_similarity), ("reduce_loss", reduce_loss)]
+    return [*found, ("global_avg_factor", global_avg_factor)]
+
+
+@pytest.mark.parametrize(("name", "obj"), public_functions(), ids=[n for n, _ in public_functions()])
+def test_docstrings_document_every_parameter(name: str, obj: object) -> None:
+    """kornia's style: an ``Args:`` entry per parameter, in order, and ``Shape:`` for the losses."""
+    target = obj.__init__ if inspect.isclass(obj) else obj  # type: ignore[misc]
+    params = [p for p in inspect.signature(target).parameters if p != "self"]
+    assert documented_arguments(obj) == params
+    if name.startswith("functional.") and name.endswith("_loss"):
+        assert "Shape:" in (inspect.getdoc(obj) or "").splitlines()

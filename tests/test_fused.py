@@ -1,9 +1,12 @@
-"""The fast path (detloss._fused) against the reference path: values, gradients, edge cases.
+"""The fast path against the reference path: values, gradients, edge cases.
 
 Every backend must give the reference path's values and gradients (autograd through the
 tensor composition of detloss.boxes / functional.classification) to float32 rounding. The
-binary family's Functions are also checked against a float64 formula written here with
-plain torch ops. No timing assertions.
+binary family is also checked against a float64 formula written here with plain torch ops.
+"native" runs the operators torch.ops.detloss.* (the C++ kernel on CPU), "fused" their
+pure-torch kernels; both are reached through the public losses or the operators themselves.
+The operators' registration (opcheck, torch.compile) is tested in test_ops.py, the kernel's
+build in test_native_build.py. No timing assertions.
 """
 
 from __future__ import annotations
@@ -11,14 +14,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 import detloss
-from detloss import _backend, _fused
-from detloss._backend import torch_threads
-from detloss._fused import native
+from detloss import functional as F
 from detloss.errors import DetLossError
 from detloss.functional.iou import box_loss
 from detloss.testing import random_boxes
@@ -45,10 +47,21 @@ def _restore_backend():
 
 
 def need(backend: str) -> None:
-    if backend == "native" and not native.available():
+    with detloss.use_backend(backend):  # asking for native loads it (or builds it, once)
+        info = detloss.backend_info()
+    if backend == "native" and info.native_library is None:
         if shutil.which("c++") and shutil.which("ninja"):
-            pytest.fail(f"a compiler and ninja are here but the native kernel did not build: {native.failure()}")
-        pytest.skip(f"native kernel unavailable: {native.failure()}")
+            pytest.fail(f"a compiler and ninja are here but the native kernel did not build: {info.native_failure}")
+        pytest.skip(f"native kernel unavailable: {info.native_failure}")
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """Two torch threads (the native kernel's OpenMP loops split their work), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def cases(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +107,7 @@ def run(backend: str, kind: str, options: dict, p: torch.Tensor, t: torch.Tensor
     p = p.detach().clone().requires_grad_(True)
     t = t.detach().clone().requires_grad_(target_grad)
     loss, iou = box_loss("test", kind, p, t, "xyxy", 1e-7, **options)
+    assert backend == "reference" or ran_fast(loss, backend), f"{backend} fell back to the reference path"
     g = torch.Generator().manual_seed(3)
     w1 = torch.rand(loss.shape, generator=g, dtype=torch.float64).to(loss.dtype)
     w2 = torch.rand(loss.shape, generator=g, dtype=torch.float64).to(loss.dtype)
@@ -187,22 +201,44 @@ def smooth_pairs(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     return p, t
 
 
-def iou_function(backend: str):
-    return _fused.NativeIoU if backend == "native" else _fused.TorchIoU
+def fast_pair(backend: str, kind: str, **options: object):
+    """``(a, b) -> (1 - S, IoU)`` under ``backend``, asserting that the fast path ran."""
+
+    def f(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with detloss.use_backend(backend):
+            loss, iou = box_loss("test", kind, a, b, "xyxy", 1e-7, **options)
+        assert ran_fast(loss, backend)
+        return loss, iou
+
+    return f
+
+
+def ran_fast(out: torch.Tensor, backend: str) -> bool:
+    """Whether ``out`` came from ``backend``'s fast path rather than the reference composition,
+    judged by the autograd node it hangs from: the operator's C++ autograd (native, on CPU) or
+    the pure-torch path's Function (fused, compiled)."""
+    node = out.grad_fn
+    while node is not None and node.name() in ("ViewBackward0", "UnsafeViewBackward0", "ToCopyBackward0"):
+        node = node.next_functions[0][0]
+    name = node.name() if node is not None else ""
+    return "PairFunction" in name if backend == "native" else "TorchPathBackward" in name
 
 
 @pytest.mark.parametrize("kind", ["iou", "giou", "diou", "eiou", "siou"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_iou_functions(backend: str, kind: str) -> None:
     need(backend)
-    fn = iou_function(backend)
     p, t = smooth_pairs()
     theta = 4.0 if kind != "siou" else 3.0
     p.requires_grad_(True)
     t.requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda a, b: fn.apply(a, b, kind, 1e-7, False, False, theta), (p, t), eps=1e-6, atol=1e-6, rtol=1e-5
-    )
+    fn = fast_pair(backend, kind, siou_theta=theta)
+    assert torch.autograd.gradcheck(fn, (p, t), eps=1e-6, atol=1e-6, rtol=1e-5)
+    if backend == "native":  # the operator itself, called directly
+        op = torch.ops.detloss.iou_loss
+        assert torch.autograd.gradcheck(
+            lambda a, b: op(a, b, kind, 1e-7, False, False, theta), (p, t), eps=1e-6, atol=1e-6, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -211,7 +247,6 @@ def test_ciou_surrogate_gradient_matches_reference_autograd(backend: str) -> Non
     with the reference's autograd in float64, which holds alpha constant too. Where alpha is
     gated to 0 (IoU < 0.5) the gradient is exact, so gradcheck applies."""
     need(backend)
-    fn = iou_function(backend)
     p, t = smooth_pairs(32)
     for options in ({}, {"aspect_grad": "paper"}, {"alpha_gate": True}):
         expected = run("reference", "ciou", options, p, t)
@@ -220,9 +255,8 @@ def test_ciou_surrogate_gradient_matches_reference_autograd(backend: str) -> Non
             torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
     far_p = p + torch.tensor([30.0, 30.0, 31.0, 33.0], dtype=torch.float64)  # IoU < 0.5: alpha gated
     far_p.requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda a: fn.apply(a, t, "ciou", 1e-7, True, False, 4.0), (far_p,), eps=1e-6, atol=1e-6, rtol=1e-5
-    )
+    fn = fast_pair(backend, "ciou", alpha_gate=True)
+    assert torch.autograd.gradcheck(lambda a: fn(a, t), (far_p,), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- binary classification family
@@ -265,8 +299,21 @@ def binary_inputs(n: int = 64, dtype: torch.dtype = torch.float64) -> tuple[torc
     return x.to(dtype), y.to(dtype)
 
 
-def binary_function(backend: str):
-    return _fused.NativeBinary if backend == "native" else _fused.TorchBinary
+def binary(backend: str, x: torch.Tensor, y: torch.Tensor, kind: str, alpha: float | None, gamma: float):
+    """The elementwise loss under ``backend``: the public loss of that kind (reduction "none"),
+    asserting that the fast path ran."""
+    with detloss.use_backend(backend):
+        if kind == "bce":
+            out = F.binary_cross_entropy_loss(x, y, reduction="none")
+        elif kind == "focal":
+            out = F.sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma, reduction="none")
+        elif kind == "quality":
+            out = F.quality_focal_loss(x, y, beta=gamma, reduction="none")
+        else:
+            assert alpha is not None
+            out = F.varifocal_loss(x, y, alpha=alpha, gamma=gamma, reduction="none")
+    assert ran_fast(out, backend), f"{backend} fell back to the reference path"
+    return out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -278,7 +325,7 @@ def test_binary_function_matches_float64_formula(
     need(backend)
     x, y = binary_inputs(dtype=dtype)
     xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
-    out = binary_function(backend).apply(xs, ys, kind, alpha, gamma)
+    out = binary(backend, xs, ys, kind, alpha, gamma)
     w = torch.rand(out.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
     (out * w).sum().backward()
     xr, yr = x.double().requires_grad_(True), y.double().requires_grad_(True)
@@ -297,16 +344,23 @@ def test_gradcheck_binary_functions(backend: str, kind: str, alpha: float | None
     x, y = binary_inputs(6)
     y = y.clamp(0.05, 0.95) if kind == "varifocal" else y  # away from varifocal's switch at y = 0
     x[0] = torch.tensor([3.0, -3.0, 2.0, -2.0, 0.5])
-    fn = binary_function(backend)
     x.requires_grad_(True)
     y.requires_grad_(kind != "quality")  # |y - p| has a kink at y = p for soft targets, not at x
     args = (x, y) if kind != "quality" else (x,)
     f = (
-        (lambda a, b: fn.apply(a, b, kind, alpha, gamma))
+        (lambda a, b: binary(backend, a, b, kind, alpha, gamma))
         if kind != "quality"
-        else (lambda a: fn.apply(a, y, kind, alpha, gamma))
+        else (lambda a: binary(backend, a, y, kind, alpha, gamma))
     )
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-6, rtol=1e-5)
+    if backend == "native":  # the operator itself, called directly
+        op = torch.ops.detloss.binary_loss
+        g = (
+            (lambda a, b: op(a, b, kind, alpha, gamma))
+            if kind != "quality"
+            else (lambda a: op(a, y, kind, alpha, gamma))
+        )
+        assert torch.autograd.gradcheck(g, args, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -354,55 +408,57 @@ def upstream(layout: str, shape: torch.Size, dtype: torch.dtype, seed: int) -> t
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float32: the AVX-512 transpose
 @pytest.mark.parametrize("kind,options", [("giou", {}), ("ciou", {}), ("siou", {})], ids=["giou", "ciou", "siou"])
-def test_native_iou_loops_many_blocks_every_gradient_layout(kind: str, options: dict, dtype: torch.dtype) -> None:
+def test_native_iou_loops_many_blocks_every_gradient_layout(
+    kind: str, options: dict, dtype: torch.dtype, two_threads: None
+) -> None:
     """Several threads' chunks and blocks, a partial block, each upstream layout on each output."""
     need("native")
     p, t = cases(dtype)
     reps = (3 * 2048 + 77) // p.shape[0] + 1
     p, t = p.repeat(reps, 1)[: 3 * 2048 + 77], t.repeat(reps, 1)[: 3 * 2048 + 77]
     p = p + torch.arange(p.shape[0], dtype=dtype)[:, None] * 1e-3  # no two rows alike
-    with torch_threads(2):
-        for layout_loss, layout_iou in [(a, b) for a in LAYOUTS for b in ("absent", "dense")]:
-            if layout_loss == layout_iou == "absent":
-                continue
-            for target_grad in (True, False):
-                results = []
-                for backend in ("reference", "native"):
-                    detloss.set_backend(backend)
-                    ps = p.clone().requires_grad_(True)
-                    ts = t.clone().requires_grad_(target_grad)
-                    loss, iou = box_loss("test", kind, ps, ts, "xyxy", 1e-7, **options)
-                    pairs = [
-                        (out, upstream(layout, out.shape, out.dtype, seed))
-                        for out, layout, seed in ((loss, layout_loss, 1), (iou, layout_iou, 2))
-                    ]
-                    outputs, grads = zip(*[(o, g) for o, g in pairs if g is not None])
-                    torch.autograd.backward(list(outputs), list(grads))
-                    results.append((loss.detach(), ps.grad, ts.grad))
-                for a, e in zip(results[1], results[0]):
-                    close(a, e, dtype)
+    for layout_loss, layout_iou in [(a, b) for a in LAYOUTS for b in ("absent", "dense")]:
+        if layout_loss == layout_iou == "absent":
+            continue
+        for target_grad in (True, False):
+            results = []
+            for backend in ("reference", "native"):
+                detloss.set_backend(backend)
+                ps = p.clone().requires_grad_(True)
+                ts = t.clone().requires_grad_(target_grad)
+                loss, iou = box_loss("test", kind, ps, ts, "xyxy", 1e-7, **options)
+                pairs = [
+                    (out, upstream(layout, out.shape, out.dtype, seed))
+                    for out, layout, seed in ((loss, layout_loss, 1), (iou, layout_iou, 2))
+                ]
+                outputs, grads = zip(*[(o, g) for o, g in pairs if g is not None])
+                torch.autograd.backward(list(outputs), list(grads))
+                results.append((loss.detach(), ps.grad, ts.grad))
+            for a, e in zip(results[1], results[0]):
+                close(a, e, dtype)
 
 
 @pytest.mark.parametrize("kind,alpha,gamma", [("focal", 0.25, 2.0), ("quality", None, 2.0), ("varifocal", 0.75, 2.0)])
-def test_native_binary_loops_many_blocks_every_gradient_layout(kind: str, alpha: float | None, gamma: float) -> None:
+def test_native_binary_loops_many_blocks_every_gradient_layout(
+    kind: str, alpha: float | None, gamma: float, two_threads: None
+) -> None:
     need("native")
     g = torch.Generator().manual_seed(9)
     x = torch.randn(5 * 8192 + 13, generator=g, dtype=torch.float64) * 4
     y = torch.rand(x.shape, generator=g, dtype=torch.float64)
     y[::3] = 0.0
-    with torch_threads(2):
-        for layout in ("dense", "expanded", "strided"):
-            for target_grad in (True, False):
-                xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(target_grad)
-                out = _fused.NativeBinary.apply(xs, ys, kind, alpha, gamma)
-                grad = upstream(layout, out.shape, out.dtype, 4)
-                out.backward(grad)
-                xr, yr = x.clone().requires_grad_(True), y.clone().requires_grad_(target_grad)
-                reference_binary(xr, yr, kind, alpha, gamma).backward(grad)
-                torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-10, atol=1e-12)
-                assert (ys.grad is None) == (not target_grad)
-                if target_grad:
-                    torch.testing.assert_close(ys.grad, yr.grad, rtol=1e-10, atol=1e-12)
+    for layout in ("dense", "expanded", "strided"):
+        for target_grad in (True, False):
+            xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(target_grad)
+            out = torch.ops.detloss.binary_loss(xs, ys, kind, alpha, gamma)
+            grad = upstream(layout, out.shape, out.dtype, 4)
+            out.backward(grad)
+            xr, yr = x.clone().requires_grad_(True), y.clone().requires_grad_(target_grad)
+            reference_binary(xr, yr, kind, alpha, gamma).backward(grad)
+            torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-10, atol=1e-12)
+            assert (ys.grad is None) == (not target_grad)
+            if target_grad:
+                torch.testing.assert_close(ys.grad, yr.grad, rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------- backends and compile
@@ -414,47 +470,34 @@ def test_set_backend_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     detloss.set_backend("reference")
     assert detloss.get_backend() == "reference"
     detloss.set_backend(None)
-    monkeypatch.setenv(_backend.ENV_VAR, "fused")
+    monkeypatch.setenv("DETLOSS_BACKEND", "fused")
     assert detloss.get_backend() == "fused"
-    monkeypatch.setenv(_backend.ENV_VAR, "nonsense")
+    assert detloss.backend_info().environment == "fused"
+    monkeypatch.setenv("DETLOSS_BACKEND", "nonsense")
     with pytest.raises(DetLossError, match="DETLOSS_BACKEND"):
         detloss.get_backend()
-    monkeypatch.delenv(_backend.ENV_VAR)
-    assert detloss.get_backend() == ("native" if native.available() else "reference")
+    monkeypatch.delenv("DETLOSS_BACKEND")
+    native = detloss.backend_info().native_library is not None
+    assert detloss.get_backend() == ("native" if native else "reference")
+    assert detloss.get_backend("cuda") == "reference"  # no GPU run has shown a faster one correct yet
     detloss.set_backend("native")
     assert detloss.get_backend("meta") == "fused"  # native is CPU-only: falls back, no error
+    assert detloss.backend_info().requested == "native"
 
 
-def test_native_build_falls_back_to_the_next_flag_set(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    """A flag set that fails (no OpenMP) is marked and skipped; the next one is built."""
-    from torch.utils import cpp_extension
-
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    calls: list[list[str]] = []
-
-    def fake_load(name: str, extra_cflags: list[str], **kwargs: object) -> str:
-        calls.append(extra_cflags)
-        if "-fopenmp" in extra_cflags:
-            raise RuntimeError("unsupported option '-fopenmp'")
-        return name
-
-    monkeypatch.setattr(cpp_extension, "load", fake_load)
-    assert native._build() == native.extension_name(1)
-    assert calls == [native._FLAG_SETS[0][0], native._FLAG_SETS[1][0]]
-    assert "-fopenmp" in next(tmp_path.glob("*/FAILED")).read_text()
-    calls.clear()
-    assert native._build() == native.extension_name(1)  # the failed set is not tried again
-    assert calls == [native._FLAG_SETS[1][0]]
-
-
-def test_without_compiler_the_cpu_default_is_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native, "_state", {"tried": False, "module": None, "failure": None})
-    monkeypatch.setenv("CXX", "no-such-compiler-here")
-    assert native.module() is None
-    assert "no-such-compiler-here" in (native.failure() or "")
-    assert detloss.get_backend() == "reference"  # faster on CPU than the fused path op by op
-    detloss.set_backend("native")
-    assert detloss.get_backend() == "reference"
+def test_use_backend_restores_the_previous_choice() -> None:
+    detloss.set_backend("fused")
+    with detloss.use_backend("reference"):
+        assert detloss.get_backend() == "reference" and detloss.backend_info().requested == "reference"
+        with detloss.use_backend(None):  # the default inside the block
+            assert detloss.backend_info().requested is None
+        assert detloss.get_backend() == "reference"
+    assert detloss.get_backend() == "fused"
+    with pytest.raises(RuntimeError, match="inside"), detloss.use_backend("native"):
+        raise RuntimeError("inside")
+    assert detloss.backend_info().requested == "fused"  # restored after an exception too
+    with pytest.raises(DetLossError, match="use_backend"), detloss.use_backend("fast"):  # type: ignore[arg-type]
+        pass
 
 
 def test_native_forward_saves_only_inputs() -> None:
@@ -471,28 +514,6 @@ def test_native_forward_saves_only_inputs() -> None:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         detloss.functional.ciou_loss(p, t, reduction="none")
     assert sum(saved) <= 2 * p.numel() * p.element_size()
-
-
-def test_compiled_equals_eager_without_graph_break() -> None:
-    """torch.compile(fullgraph=True, dynamic=True) of the Torch Functions: one compile each."""
-    torch._dynamo.reset()
-    p, t = cases(torch.float32)
-    x, y = binary_inputs(16, torch.float32)
-    for n in (p.shape[0], p.shape[0] - 5):  # a second size must not need a new graph
-        pc, pe = p[:n].clone().requires_grad_(True), p[:n].clone().requires_grad_(True)
-        out_c = _fused.compiled("iou")(pc, t[:n], "ciou", 1e-7, False, False, 4.0)
-        out_e = _fused.TorchIoU.apply(pe, t[:n], "ciou", 1e-7, False, False, 4.0)
-        (out_c[0].sum() + out_c[1].sum()).backward()
-        (out_e[0].sum() + out_e[1].sum()).backward()
-        close(out_c[0], out_e[0], torch.float32)
-        close(pc.grad, pe.grad, torch.float32)
-    xc, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    fc = _fused.compiled("binary")(xc, y, "focal", 0.25, 2.0)
-    fe = _fused.TorchBinary.apply(xe, y, "focal", 0.25, 2.0)
-    fc.sum().backward()
-    fe.sum().backward()
-    torch.testing.assert_close(fc, fe, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_bench_peak_memory_sees_a_known_allocation() -> None:
@@ -525,3 +546,18 @@ def test_bench_command_writes_rows(tmp_path) -> None:
     assert {"reference", "fused", "floor"} <= impls
     assert all(math.isfinite(row["fwd_bwd_ms"]) for row in result["rows"])
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "report.md").is_file()
+
+
+def test_bench_compiled_step_rows() -> None:
+    """The compiled-step rows: the same compiled step with each backend's losses inside, each
+    over the reference's (torch.compile's eager backend here, to keep the test quick)."""
+    from detloss.experiments.bench import COMPILED_STEP, report_markdown, run_bench
+
+    names = ["reference", "native"] if detloss.backend_info().native_library else ["reference", "fused"]
+    rows = run_bench([COMPILED_STEP], [64], backends=names[1:], repeat=2, compile_backend="eager")
+    assert [row["impl"] for row in rows] == names and all(row["loss"] == COMPILED_STEP for row in rows)
+    assert rows[0]["ratio_vs_reference"] == 1.0
+    assert rows[1]["ratio_vs_reference"] == pytest.approx(rows[1]["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"], rel=1e-2)
+    assert all(row["compile_s"] > 0 and math.isfinite(row["fwd_bwd_ms"]) for row in rows)  # one size: compiled there
+    report = report_markdown(rows, {"device": "cpu"})
+    assert "| impl | n | compile s |" in report and f"| {names[1]} | 64 |" in report

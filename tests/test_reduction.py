@@ -29,6 +29,18 @@ def test_empty_is_zero_with_gradient() -> None:
         assert grad.shape == (0, 3)
 
 
+def test_a_normaliser_below_one_counts_as_one() -> None:
+    """No positives (avg_factor 0) on a non-zero loss gives the plain sum, not sum / eps (4e7)."""
+    loss = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    for avg_factor in (0, 0.0, 0.25, torch.tensor(0.0), torch.tensor(0), torch.tensor([0.5])):
+        out = reduce_loss(loss, "mean", avg_factor=avg_factor)
+        assert out.item() == 6.0, avg_factor
+        (grad,) = torch.autograd.grad(out, loss)
+        assert grad.tolist() == [1.0, 1.0, 1.0]
+    assert reduce_loss(loss, "mean", avg_factor=1.5).item() == 4.0  # from 1 on, the number itself
+    assert reduce_loss(loss, "mean", avg_factor=torch.tensor(3)).item() == 2.0  # an integer count
+
+
 def test_tensor_avg_factor() -> None:
     loss = torch.tensor([2.0, 4.0])
     assert reduce_loss(loss, "mean", avg_factor=torch.tensor(3.0)).item() == pytest.approx(2.0)

@@ -2,7 +2,8 @@
 
 - exact mode: a plain per-case Python loop whose gradients are central finite differences of
   the float64 reference formulas of ``tests/reference.py`` (CIoU with its alpha frozen);
-- paper mode: a scalar transcription of PAPERS.md's recipe (items 1-6), written separately
+- paper mode: a scalar transcription of the authors' published directions (the six items of
+  :func:`detloss.experiments.simulation.paper_direction`'s docstring), written separately
   from the vectorised code, and one case worked out by hand;
 - resume: an interrupted run, resumed, gives the numbers of an uninterrupted one.
 """
@@ -145,7 +146,7 @@ def test_hand_gradient_agrees_with_finite_differences() -> None:
 
 
 def paper_reference(kind: str):
-    """PAPERS.md's items 1-6, one case at a time, in plain Python."""
+    """The six items of ``paper_direction``'s docstring, one case at a time, in plain Python."""
 
     def direction(box: tuple[float, ...], target: tuple[float, ...]) -> tuple[list[float], float]:
         x, y, w, h = box

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,9 +12,13 @@ from detloss.errors import DetLossError
 
 __all__ = [
     "check_boxes",
+    "check_broadcasts_to",
+    "check_broadcasts_with",
     "check_choice",
+    "check_finite_number",
     "check_flag",
     "check_floating",
+    "check_integer",
     "check_range",
     "check_rotated_boxes",
     "check_same_device",
@@ -75,6 +80,28 @@ def check_same_device(where: str, name_a: str, a: torch.Tensor, name_b: str, b: 
         raise DetLossError.bad_argument(where, name_b, f"device {a.device} (that of `{name_a}`)", b.device)
 
 
+def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size | None:
+    try:
+        return torch.broadcast_shapes(a, b)
+    except RuntimeError:
+        return None
+
+
+def check_broadcasts_to(where: str, name: str, t: torch.Tensor, shape: torch.Size) -> None:
+    """Raise unless ``t`` broadcasts to ``shape`` itself (a per-element ``weight``, ``pos_weight``)."""
+    if _broadcast(shape, t.shape) != shape:
+        raise DetLossError.bad_argument(where, name, f"a shape that broadcasts to {tuple(shape)}", f"shape {_shape(t)}")
+
+
+def check_broadcasts_with(where: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> torch.Size:
+    """The broadcast shape of ``a`` and ``b``; raise, naming ``name_b``, if they do not broadcast."""
+    shape = _broadcast(a.shape, b.shape)
+    if shape is None:
+        expected = f"a shape that broadcasts with `{name_a}` {tuple(a.shape)}"
+        raise DetLossError.bad_argument(where, name_b, expected, f"shape {_shape(b)}")
+    return shape
+
+
 def check_range(
     where: str,
     name: str,
@@ -96,6 +123,17 @@ def check_range(
         ok = value < high if high_open else value <= high
     if not ok:
         raise DetLossError.bad_argument(where, name, f"a number in {span}", repr(value))
+
+
+def check_integer(where: str, name: str, value: Any, low: int) -> None:
+    """Raise unless ``value`` is an integer ``>= low`` (a bool is not an integer here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise DetLossError.bad_argument(where, name, f"an integer >= {low}", repr(value))
+
+
+def check_finite_number(where: str, name: str, value: Any) -> None:
+    """Raise unless ``value`` is a finite real number (``loss_weight``: no NaN, no inf, no string)."""
+    check_range(where, name, value, -math.inf, math.inf, low_open=True, high_open=True)
 
 
 def upcast(t: torch.Tensor) -> torch.Tensor:

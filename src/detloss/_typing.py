@@ -17,7 +17,7 @@ __all__ = [
     "RotatedIoUKind",
 ]
 
-#: Box layouts: corners, left-top-width-height (seed 004), centre-width-height.
+#: Box layouts: corners, left-top-width-height (COCO), centre-width-height (YOLO).
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
 #: Rotated box layouts: centre, sides and angle; or the four corners (``detloss.boxes.rotated``).
 RotatedBoxFormat = Literal["cxcywha", "xyxyxyxy"]

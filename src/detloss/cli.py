@@ -6,6 +6,7 @@ Errors in what the user typed give one line on stderr and exit code 2, never a t
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,18 +23,98 @@ app = typer.Typer(
     help="Object-detection losses: compare, plot, simulate, benchmark, train.",
 )
 
+def _show_version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        from detloss import __version__
+
+        typer.echo(f"detloss {__version__} (torch {torch.__version__}, python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_show_version)
+    ] = False,
+) -> None:
+    """Object-detection losses: compare, plot, simulate, benchmark, train."""
+
+
+#: Options every loss takes, left out of ``detloss list``.
+_COMMON_OPTIONS = ("weight", "reduction", "avg_factor", "box_format")
+
+
+def loss_defaults(key: str) -> str:
+    """The hyper-parameters of loss ``key`` with their defaults, from its signature.
+
+    Example:
+        >>> loss_defaults("sigmoid_focal")
+        'alpha=0.25, gamma=2.0'
+    """
+    import inspect
+
+    from detloss.registry import get_spec
+
+    shown = []
+    for p in inspect.signature(get_spec(key).function).parameters.values():
+        if p.kind is p.KEYWORD_ONLY and p.name not in _COMMON_OPTIONS:
+            shown.append(f"{p.name}=" + ("(required)" if p.default is p.empty else repr(p.default)))
+    return ", ".join(shown)
+
+
+def _markup_free(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+@app.command("list")
+def list_losses() -> None:
+    """Every registered loss: its key, module, paper and defaults."""
+    from rich.box import SIMPLE_HEAD
+    from rich.console import Console
+    from rich.table import Table
+
+    from detloss.registry import available_losses, get_spec
+
+    table = Table(
+        title="detloss losses: build_loss(key, ...) or the module",
+        caption="every loss also takes weight, reduction='mean' and avg_factor; box losses box_format='xyxy'",
+        box=SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("key / module", no_wrap=True)
+    table.add_column("paper", ratio=3)
+    table.add_column("defaults", ratio=2)
+    for i, key in enumerate(available_losses()):
+        spec = get_spec(key)
+        if i:
+            table.add_section()
+        defaults = "\n".join(loss_defaults(key).split(", "))
+        table.add_row(f"{key}\n[dim]{spec.module.__name__}[/]", _markup_free(f"{spec.paper} {spec.year}"), defaults)
+    Console().print(table)
+
+
 DEMO_GT = "120,80,200,150"
 DEMO_PREDS = ("300,90,120,160", "140,100,160,120", "100,60,240,100", "150,95,50,200")
 
 
-def parse_box(text: str, name: str) -> list[float]:
-    """``"x,y,w,h"`` -> four floats, else a one-line usage error naming the option."""
+def parse_box(text: str, name: str, box_format: str = "xywh") -> list[float]:
+    """``"x,y,w,h"`` -> four floats, else a one-line usage error naming the option: four
+    finite numbers, a width and a height >= 0 (``xyxy``: ``x2 >= x1``, ``y2 >= y1``)."""
     try:
         values = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
         values = []
     if len(values) != 4 or not all(v == v and abs(v) != float("inf") for v in values):
         raise typer.BadParameter(f"expected four comma-separated finite numbers, got {text!r}", param_hint=name)
+    if box_format == "xyxy" and (values[2] < values[0] or values[3] < values[1]):
+        message = f"expected x1,y1,x2,y2 with x2 >= x1 and y2 >= y1 (xyxy), got {text!r}"
+        raise typer.BadParameter(message, param_hint=name)
+    if box_format != "xyxy" and (values[2] < 0 or values[3] < 0):
+        raise typer.BadParameter(f"expected a width and a height >= 0 ({box_format}), got {text!r}", param_hint=name)
     return values
 
 
@@ -46,30 +127,38 @@ def boxes(
     gt: Annotated[str, typer.Option(help="Ground-truth box, four comma-separated numbers.")] = DEMO_GT,
     pred: Annotated[list[str] | None, typer.Option(help="Predicted box (repeat for several).")] = None,
     box_format: Annotated[str, typer.Option("--format", help="xywh (left, top, w, h), xyxy or cxcywh.")] = "xywh",
-    out: Annotated[Path | None, typer.Option(help="Draw the boxes to this PNG.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Draw the boxes to this picture (.png, .jpg, .pdf or .svg).")] = None,
 ) -> None:
     """Print IoU, GIoU, DIoU, CIoU, EIoU, SIoU and their losses for each prediction."""
+    from rich.box import SIMPLE_HEAD
     from rich.console import Console
     from rich.table import Table
 
     from detloss._checks import check_choice
     from detloss.boxes import BOX_FORMATS
     from detloss.experiments.boxes import box_table, draw_boxes
+    from detloss.experiments.runs import check_figure_path
 
     check_choice("detloss boxes", "--format", box_format, BOX_FORMATS)
-    target = parse_box(gt, "--gt")
-    preds = [parse_box(p, "--pred") for p in (pred or list(DEMO_PREDS))]
+    target = parse_box(gt, "--gt", box_format)
+    preds = [parse_box(p, "--pred", box_format) for p in (pred or list(DEMO_PREDS))]
+    if out is not None:
+        check_figure_path("detloss boxes", "--out", out)
     rows = box_table(target, preds, box_format)
-    table = Table(title=f"ground truth {target} ({box_format})")
-    table.add_column("prediction")
-    for kind in ("iou", "giou", "diou", "ciou", "eiou", "siou"):
-        table.add_column(kind.replace("iou", "IoU").upper().replace("IOU", "IoU"), justify="right")
-    for row in rows:
-        table.add_row(
-            ",".join(f"{v:g}" for v in row["pred"]),
-            *(f"{row[k]:.4f} | loss {row[k + '_loss']:.4f}" for k in ("iou", "giou", "diou", "ciou", "eiou", "siou")),
-        )
-    Console(width=200).print(table)
+    kinds = ("iou", "giou", "diou", "ciou", "eiou", "siou")
+    gt_text = ",".join(f"{v:g}" for v in target)
+    table = Table(
+        title=f"ground truth {gt_text} ({box_format})", caption="loss = 1 - similarity", box=SIMPLE_HEAD, pad_edge=False
+    )
+    table.add_column("prediction", overflow="fold")
+    for kind in kinds:
+        table.add_column(kind[:-3].upper() + "IoU", justify="right", no_wrap=True, min_width=7)
+    for i, row in enumerate(rows):
+        if i:
+            table.add_section()
+        table.add_row(f"{i + 1}: " + ",".join(f"{v:g}" for v in row["pred"]), *(f"{row[k]:.4f}" for k in kinds))
+        table.add_row("   loss", *(f"{row[k + '_loss']:.4f}" for k in kinds), style="dim")
+    Console().print(table)  # as wide as the terminal (80 columns in a file or a pipe)
     if out is not None:
         draw_boxes(target, preds, box_format, out, rows)
         typer.echo(f"picture: {out}")
@@ -158,7 +247,9 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's results.")] = Path("runs/demo"),
 ) -> None:
     """Run the built-in demo: the boxes table and picture, a quick simulate, and the plots."""
-    out.mkdir(parents=True, exist_ok=True)
+    from detloss.experiments.runs import new_run_dir
+
+    new_run_dir("demo", out)
     boxes(gt=DEMO_GT, pred=list(DEMO_PREDS), box_format="xywh", out=out / "boxes.png")
     from detloss.experiments.box_grid import plot_boxes
     from detloss.experiments.curves import plot_curves
@@ -200,16 +291,43 @@ def fuzz(
 _LossOpt = Annotated[
     list[str] | None, typer.Option(help="Loss hyper-parameter KEY=VALUE (repeat), e.g. alpha=0.5, alpha=none.")
 ]
+# The data options of train, compare and convert-dataset: synthetic scenes (the default), COCO
+# json files with their image folders, or a YOLO dataset by its data.yaml.
+_ImageSize = Annotated[int, typer.Option(help="Square input size in pixels (a multiple of 16).")]
+_TrainImages = Annotated[int, typer.Option(help="Synthetic training scenes.")]
+_ValImages = Annotated[int, typer.Option(help="Synthetic validation scenes.")]
+_DataSeed = Annotated[int, typer.Option(help="Seed of the synthetic scenes.")]
+_TrainJson = Annotated[Path | None, typer.Option(help="COCO json of your training set (with --val-json).")]
+_TrainImageDir = Annotated[Path | None, typer.Option(help="Its image folder (default: beside the json).")]
+_ValJson = Annotated[Path | None, typer.Option(help="COCO json of your validation set.")]
+_ValImageDir = Annotated[Path | None, typer.Option(help="Its image folder (default: beside the json).")]
+_Data = Annotated[
+    Path | None, typer.Option(help="A YOLO dataset: its data.yaml (ultralytics' layout: images/, labels/*.txt).")
+]
+
+
+def check_device(where: str, device: str, choices: tuple[str, ...] = ("auto", "cpu", "cuda")) -> None:
+    """``--device``: one of ``choices``, and ``cuda`` only where this torch can use a GPU."""
+    import torch
+
+    from detloss._checks import check_choice
+
+    check_choice(where, "--device", device, choices)
+    if device == "cuda" and not torch.cuda.is_available():
+        cuda = torch.version.cuda
+        build = "built without CUDA" if cuda is None else f"built with CUDA {cuda} but sees no GPU"
+        others = " or ".join(c for c in choices if c != "cuda")
+        raise DetLossError.bad_argument(where, "--device", f"{others} (torch {torch.__version__} is {build})", "cuda")
 
 
 def check_training_options(where: str, *, lr: float, width: int, nms_threshold: float, device: str) -> None:
     """The options of ``train`` and ``compare`` that would otherwise fail deep inside torch."""
-    from detloss._checks import check_choice, check_range
+    from detloss._checks import check_range
 
     check_range(where, "--lr", lr, 0.0, low_open=True)
     check_range(where, "--width", width, 1)
     check_range(where, "--nms-threshold", nms_threshold, 0.0, 1.0)
-    check_choice(where, "--device", device, ("auto", "cpu", "cuda"))
+    check_device(where, device)
 
 
 @app.command()
@@ -227,14 +345,15 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Images per step and per process.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine).")] = 1e-2,
     seed: Annotated[int, typer.Option(help="Seed of the weights, data order and flips.")] = 0,
-    image_size: Annotated[int, typer.Option(help="Square input size in pixels (a multiple of 16).")] = 64,
-    train_images: Annotated[int, typer.Option(help="Synthetic training scenes.")] = 4000,
-    val_images: Annotated[int, typer.Option(help="Synthetic validation scenes.")] = 500,
-    data_seed: Annotated[int, typer.Option(help="Seed of the synthetic scenes.")] = 0,
-    train_json: Annotated[Path | None, typer.Option(help="COCO json of your training set (not synthetic).")] = None,
-    train_image_dir: Annotated[Path | None, typer.Option(help="Its image folder (default: beside the json).")] = None,
-    val_json: Annotated[Path | None, typer.Option(help="COCO json of your validation set.")] = None,
-    val_image_dir: Annotated[Path | None, typer.Option(help="Its image folder (default: beside the json).")] = None,
+    image_size: _ImageSize = 64,
+    train_images: _TrainImages = 4000,
+    val_images: _ValImages = 500,
+    data_seed: _DataSeed = 0,
+    train_json: _TrainJson = None,
+    train_image_dir: _TrainImageDir = None,
+    val_json: _ValJson = None,
+    val_image_dir: _ValImageDir = None,
+    data: _Data = None,
     width: Annotated[int, typer.Option(help="Channels of the first convolution (the network scales with it).")] = 16,
     nms: Annotated[str, typer.Option(help="nms or diou_nms for metrics.json (results.json has both).")] = "nms",
     nms_threshold: Annotated[float, typer.Option(help="(DIoU-)NMS threshold; the DIoU paper's is 0.45.")] = 0.45,
@@ -242,21 +361,34 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/train-<stamp>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint, its settings.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start again in an --out that holds a run, replacing it.")] = False,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Train the tiny YOLO-style detector with the chosen losses; COCO mAP, curves, pictures.
 
+    Data: synthetic scenes, or --train-json/--val-json (COCO), or --data (YOLO data.yaml).
     Distributed: torchrun --nproc_per_node 2 -m detloss train ... (gloo on CPU, nccl on GPU).
     """
-    settings = {k: v for k, v in locals().items() if k not in ("out", "resume", "progress", "steps")}
-    from detloss.detection.train import TrainConfig
+    settings = {k: v for k, v in locals().items() if k not in ("out", "resume", "overwrite", "progress", "steps")}
+    from detloss.detection.options import TrainConfig
     from detloss.detection.train import train as run_train
 
     check_training_options("detloss train", lr=lr, width=width, nms_threshold=nms_threshold, device=device)
     config = None if resume else TrainConfig.from_cli(settings, steps)
-    result = run_train(config, out, resume=resume, steps=steps, progress=progress, args={**settings, "steps": steps})
+    result = run_train(
+        config,
+        out,
+        resume=resume,
+        overwrite=overwrite,
+        steps=steps,
+        progress=progress,
+        args={**settings, "steps": steps},
+    )
     if os.environ.get("RANK", "0") == "0":  # the only process, or rank 0 of torchrun
-        typer.echo("AP {AP:.4f}  AP50 {AP50:.4f}  AP75 {AP75:.4f}".format(**result["metrics"]))
+        from detloss.detection.evaluate import as_percent
+
+        metrics = result["metrics"]
+        typer.echo("  ".join(f"{name} {as_percent(metrics[name])}" for name in ("AP", "AP50", "AP75")) + "  (%)")
         typer.echo(f"report: {Path(result['run_dir']) / 'report.md'}")
 
 
@@ -271,20 +403,29 @@ def compare(
     steps: Annotated[int, typer.Option(help="Optimisation steps per model.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 1e-2,
-    image_size: Annotated[int, typer.Option(help="Square input size in pixels (a multiple of 16).")] = 64,
-    train_images: Annotated[int, typer.Option(help="Synthetic training scenes.")] = 4000,
-    val_images: Annotated[int, typer.Option(help="Synthetic validation scenes.")] = 500,
+    image_size: _ImageSize = 64,
+    train_images: _TrainImages = 4000,
+    val_images: _ValImages = 500,
+    data_seed: _DataSeed = 0,
+    train_json: _TrainJson = None,
+    train_image_dir: _TrainImageDir = None,
+    val_json: _ValJson = None,
+    val_image_dir: _ValImageDir = None,
+    data: _Data = None,
     width: Annotated[int, typer.Option(help="Channels of the first convolution.")] = 16,
     nms_threshold: Annotated[float, typer.Option(help="Threshold of NMS and DIoU-NMS.")] = 0.45,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Folder (default runs/compare-<stamp>); reused: resumes.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Train one model per (box loss, objectness loss, seed); the AP table with NMS and DIoU-NMS rows."""
+    """Train one model per (box loss, objectness loss, seed); the AP table with NMS and DIoU-NMS rows.
+
+    Data: as for train (synthetic scenes, --train-json/--val-json, or --data).
+    """
     settings = {k: v for k, v in locals().items() if k not in ("out", "progress", "box_loss", "obj_loss", "seeds")}
     from detloss._checks import check_range
     from detloss.detection.compare import compare as run_compare
-    from detloss.detection.train import TrainConfig
+    from detloss.detection.options import TrainConfig
     from detloss.experiments.runs import new_run_dir
 
     check_range("detloss compare", "--seeds", seeds, 1)
@@ -296,17 +437,57 @@ def compare(
     for names, role in ((boxes_, "box_loss"), (objs, "obj_loss")):
         for name in names:  # checked before a run folder is created
             resolve_loss_name(name, role)
-    folder = new_run_dir("compare", out)
+    folder = new_run_dir("compare", out, create=False)  # created by compare once the data pass their checks
     args = {"box_loss": box_loss, "obj_loss": obj_loss, "seeds": seeds, **settings}
     result = run_compare(boxes_, objs, seeds, base, folder, progress=progress, args=args)
     typer.echo(f"{len(result['rows'])} rows; report: {folder / 'report.md'}")
 
 
+@app.command("convert-dataset")
+def convert_dataset(
+    out: Annotated[Path, typer.Option(help="A new (or empty) folder for the converted dataset.")],
+    to: Annotated[
+        str | None, typer.Option(help="yolo or coco (default: the other format; synthetic scenes: yolo).")
+    ] = None,
+    image_size: _ImageSize = 64,
+    train_images: _TrainImages = 4000,
+    val_images: _ValImages = 500,
+    data_seed: _DataSeed = 0,
+    train_json: _TrainJson = None,
+    train_image_dir: _TrainImageDir = None,
+    val_json: _ValJson = None,
+    val_image_dir: _ValImageDir = None,
+    data: _Data = None,
+) -> None:
+    """Write a dataset in the other format: YOLO (data.yaml) -> COCO, COCO -> YOLO.
+
+    The data options are those of train: --data (YOLO; its test split too, if any), or
+    --train-json/--val-json (COCO), or none (the synthetic scenes train would use).
+    """
+    from detloss._checks import check_choice
+    from detloss.detection.formats import DATASET_FORMATS
+    from detloss.detection.options import TrainConfig, build_splits
+    from detloss.experiments.runs import check_out_folder
+
+    where = "detloss convert-dataset"
+    settings = {k: v for k, v in locals().items() if k not in ("out", "to", "where")}
+    check_out_folder(where, out)
+    if out.is_dir() and any(out.iterdir()):
+        raise DetLossError.bad_argument(where, "--out", "a new or empty folder", repr(str(out)))
+    config = TrainConfig.from_cli({k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__})
+    target = to if to is not None else "coco" if config.data_source() == "yolo" else "yolo"
+    check_choice(where, "--to", target, DATASET_FORMATS)
+    for split, dataset in build_splits(config, test=True).items():
+        done = dataset.export(out, target, split=split)
+        left_out = f", {done.skipped} crowd or empty annotations left out (YOLO has none)" if done.skipped else ""
+        typer.echo(f"{split}: {done.images} images, {done.boxes} boxes{left_out}: {done.path}")
+
+
 @app.command()
 def bench(
-    losses: Annotated[str, typer.Option(help="Comma-separated losses (IoU family and binary family).")] = (
-        "iou,giou,diou,ciou,eiou,siou,sigmoid_focal,quality_focal,varifocal,binary_cross_entropy"
-    ),
+    losses: Annotated[
+        str, typer.Option(help="Comma-separated losses (IoU family, binary family) and compiled-step.")
+    ] = "iou,giou,diou,ciou,eiou,siou,sigmoid_focal,quality_focal,varifocal,binary_cross_entropy,compiled-step",
     sizes: Annotated[
         str,
         typer.Option(
@@ -328,13 +509,13 @@ def bench(
 
     from detloss._backend import BACKENDS
     from detloss._checks import check_choice, check_range
-    from detloss.experiments.bench import BINARY_LOSSES, IOU_LOSSES, report_markdown, run_bench
+    from detloss.experiments.bench import BENCH_LOSSES, report_markdown, run_bench
     from detloss.experiments.runs import atomic_write_text, new_run_dir, run_header, write_csv, write_json
 
     started = time.perf_counter()
     names = [x for x in losses.split(",") if x]
     for name in names:
-        check_choice("detloss bench", "--losses", name, IOU_LOSSES + BINARY_LOSSES)
+        check_choice("detloss bench", "--losses", name, BENCH_LOSSES)
     try:
         counts = [int(float(x)) for x in sizes.split(",") if x] or None
     except ValueError:
@@ -346,7 +527,7 @@ def bench(
         check_choice("detloss bench", "--backends", name, BACKENDS)
     check_range("detloss bench", "--repeat", repeat, 1)
     check_range("detloss bench", "--threads", threads, 0)
-    check_choice("detloss bench", "--device", device, ("cpu", "cuda"))
+    check_device("detloss bench", device, ("cpu", "cuda"))
     if threads > 0:
         torch.set_num_threads(threads)
     folder = new_run_dir("bench", out)
@@ -377,16 +558,42 @@ def bench(
     typer.echo(f"results: {folder}")
 
 
+def _flags(argv: list[str]) -> dict[str, str]:
+    """Parameter name -> the option as typed (``batch_size`` -> ``--batch-size``) of the
+    command that ``argv`` runs."""
+    import typer.main
+
+    command: Any = typer.main.get_command(app)
+    for token in argv:
+        subcommands = getattr(command, "commands", None)
+        if not subcommands or token not in subcommands:
+            break
+        command = subcommands[token]
+    return {str(p.name): p.opts[0] for p in command.params if p.name and p.opts and p.opts[0].startswith("--")}
+
+
+def as_typed(message: str, argv: list[str]) -> str:
+    """``message`` with each `parameter` of the running command named as the user types it.
+
+    Example:
+        >>> as_typed("train(): argument `batch_size` expected at most 8, got 32", ["train"])
+        'train(): argument `--batch-size` expected at most 8, got 32'
+    """
+    flags = _flags(argv)
+    return re.sub(r"`([A-Za-z_]\w*)`", lambda m: f"`{flags.get(m[1], m[1])}`", message)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app; user errors give one line and exit 2."""
+    """Entry point: run the app; user errors give one line (naming the options as typed) and exit 2."""
     try:
         result: Any = app(args=argv, standalone_mode=False)
     except DetLossError as exc:
-        echo_error(str(exc))
+        echo_error(as_typed(str(exc), list(sys.argv[1:] if argv is None else argv)))
         sys.exit(2)
     except TyperException as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        echo_error(" ".join(message.split()))
+        if message.strip():  # empty after the help that a bare `detloss` prints
+            echo_error(" ".join(message.split()))
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

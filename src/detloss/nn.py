@@ -3,7 +3,10 @@
 Each class is generated from its function in :mod:`detloss.functional`, so the module's
 options and defaults are the function's own (``inspect.signature`` shows them) and can never
 drift apart. ``__init__`` takes the hyper-parameters (keyword-only), ``reduction`` and
-``loss_weight``; ``forward(*inputs, weight=None, avg_factor=None)`` calls the function.
+``loss_weight``, and checks them at once with the function's own checks (a bad option raises
+a :class:`~detloss.DetLossError` naming the class, not at the first forward). ``forward``
+takes the function's inputs by their names (``pred, target``; ``pred, pred_boxes,
+target_boxes`` for ``IoUAwareLoss``), then ``weight`` and ``avg_factor``.
 
 Example:
     >>> loss = CIoULoss(reduction="sum", loss_weight=2.0)
@@ -12,19 +15,27 @@ Example:
     >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     >>> loss(pred, torch.tensor([[0.0, 0.0, 4.0, 2.0]]))  # 2 x ciou_loss(...) = 2 x 0.5532
     tensor(1.1065)
+    >>> list(inspect.signature(CIoULoss.forward).parameters)
+    ['self', 'pred', 'target', 'weight', 'avg_factor']
+    >>> CIoULoss(grad_mode="foo")
+    Traceback (most recent call last):
+    ...
+    detloss.errors.DetLossError: CIoULoss(): argument `grad_mode` expected one of 'exact', 'paper', got 'foo'
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from detloss import functional as F
+from detloss._checks import check_finite_number, check_integer
 from detloss.errors import DetLossError
 from detloss.functional.iou import _wiou_loss
 
@@ -65,8 +76,6 @@ __all__ = [
     "SoftmaxFocalLoss",
     "VarifocalLoss",
     "WIoULoss",
-    "WiseIoUState",
-    "loss_module",
 ]
 
 #: Arguments given per call, not stored in the module.
@@ -74,20 +83,35 @@ CALL_ARGUMENTS = ("weight", "avg_factor")
 
 
 class LossModule(nn.Module):
-    """Base of every detloss module: ``options`` are passed to ``function`` on each call."""
+    """Base of every detloss module: ``options`` are passed to ``function`` on each call.
+
+    ``forward`` multiplies :meth:`compute` (the function with the stored options) by
+    ``loss_weight``; the generated classes give it the function's input names.
+    """
 
     function: ClassVar[Callable[..., torch.Tensor]]
 
     def __init__(self, *, loss_weight: float = 1.0, **options: Any) -> None:
         super().__init__()
+        check_finite_number(type(self).__name__, "loss_weight", loss_weight)
         self.options = options
         self.loss_weight = loss_weight
 
-    def forward(
-        self, *inputs: torch.Tensor, weight: torch.Tensor | None = None, avg_factor: Any = None
-    ) -> torch.Tensor:
-        loss = type(self).function(*inputs, **self.options, weight=weight, avg_factor=avg_factor)
+    def forward(self, *inputs: Any, weight: torch.Tensor | None = None, avg_factor: Any = None) -> torch.Tensor:
+        return self.weighted(self.compute(*inputs, weight=weight, avg_factor=avg_factor))
+
+    def compute(self, *inputs: Any, weight: torch.Tensor | None, avg_factor: Any) -> torch.Tensor:
+        """The loss of one call before ``loss_weight``: ``function(*inputs, **options, ...)``."""
+        return type(self).function(*inputs, **self.options, weight=weight, avg_factor=avg_factor)
+
+    def weighted(self, loss: torch.Tensor) -> torch.Tensor:
         return loss if self.loss_weight == 1.0 else loss * self.loss_weight
+
+    @classmethod
+    def probe_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options with which construction runs the function once (state a module keeps
+        in buffers, such as GHM-C's running counts, is filled in here)."""
+        return dict(options)
 
     def extra_repr(self) -> str:
         items = [*self.options.items(), ("loss_weight", self.loss_weight)]
@@ -100,25 +124,117 @@ def function_options(function: Callable[..., Any]) -> list[inspect.Parameter]:
     return [p for p in params if p.kind is p.KEYWORD_ONLY and p.name not in CALL_ARGUMENTS]
 
 
+def function_inputs(function: Callable[..., Any]) -> list[inspect.Parameter]:
+    """The positional inputs of a loss function: ``pred, target`` (or ``iou_aware``'s three)."""
+    params = inspect.signature(function).parameters.values()
+    return [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def _probe_inputs(cls: type[LossModule], options: Mapping[str, Any]) -> tuple[torch.Tensor, ...] | None:
+    """Two valid samples of what the registered loss ``cls`` takes, on the CPU; ``None`` for
+    a class that is not registered. A per-class option (a tensor or a list, e.g.
+    ``class_weight``) sets the number of classes of the logits."""
+    from detloss.registry import LOSSES
+
+    spec = next((s for c in cls.__mro__ for s in LOSSES.values() if s.module is c), None)
+    if spec is None:
+        return None
+    classes = None
+    if spec.inputs in ("binary_logits", "class_logits"):
+        vectors = [v for v in options.values() if isinstance(v, (torch.Tensor, list, tuple))]
+        if vectors:
+            first = vectors[0]
+            classes = max(first.shape[-1] if isinstance(first, torch.Tensor) and first.dim() else len(first), 1)
+    return _samples(spec.key, spec.inputs, classes)
+
+
+@functools.lru_cache(maxsize=256)
+def _samples(key: str, kind: str, classes: int | None) -> tuple[torch.Tensor, ...]:
+    """The probe's inputs, made once per loss and class count (the losses do not modify them)."""
+    from detloss.testing import sample_inputs
+
+    with torch.device("cpu"):
+        if classes is None:
+            return sample_inputs(key, 2, requires_grad=False)
+        logits = torch.zeros(2, classes)
+        return logits, torch.zeros(2, dtype=torch.long) if kind == "class_logits" else torch.zeros_like(logits)
+
+
+def check_module_options(cls: type[LossModule], options: Mapping[str, Any]) -> None:
+    """Check a module's options when it is built, by the function's own checks on a tiny
+    valid input: every error that does not depend on the caller's data is raised here,
+    naming the class."""
+    name = cls.__name__
+    inputs = _probe_inputs(cls, options)
+    if inputs is None:
+        return
+    try:
+        with torch.no_grad():
+            cls.function(*inputs, **cls.probe_options(options))
+    except DetLossError as error:
+        message, prefix = str(error), f"{cls.function.__name__}()"
+        renamed = f"{name}(){message[len(prefix):]}" if message.startswith(prefix) else f"{name}: {message}"
+        raise DetLossError(renamed) from None
+
+
 def loss_module(
     function: Callable[..., torch.Tensor], name: str, base: type[LossModule] = LossModule
 ) -> type[LossModule]:
-    """Build the module class ``name`` whose options and defaults are those of ``function``."""
+    """Build the module class ``name`` whose options, defaults and inputs are those of ``function``."""
     options = function_options(function)
     defaults = {p.name: p.default for p in options}
+    inputs = function_inputs(function)
+    n_inputs = len(inputs)
+    call = {p.name: p for p in inspect.signature(function).parameters.values() if p.name in CALL_ARGUMENTS}
 
     def __init__(self: LossModule, *, loss_weight: float = 1.0, **kwargs: Any) -> None:
         for key in kwargs:
             if key not in defaults:
                 raise DetLossError.bad_argument(name, key, "one of " + ", ".join(defaults), f"unknown option {key!r}")
-        base.__init__(self, loss_weight=loss_weight, **{**defaults, **kwargs})
+        settings = {**defaults, **kwargs}
+        check_module_options(type(self), settings)
+        base.__init__(self, loss_weight=loss_weight, **settings)
 
     self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     weight_param = inspect.Parameter("loss_weight", inspect.Parameter.KEYWORD_ONLY, default=1.0, annotation=float)
     __init__.__signature__ = inspect.Signature([self_param, *options, weight_param])  # type: ignore[attr-defined]
+
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    forward_signature = inspect.Signature(
+        [self_param, *inputs, *(call[n].replace(kind=positional) for n in CALL_ARGUMENTS)],
+        return_annotation=inspect.signature(function).return_annotation,
+    )
+
+    def forward(self: LossModule, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if len(args) == n_inputs and kwargs.keys() <= {"weight", "avg_factor"}:
+            values, weight, avg_factor = args, kwargs.get("weight"), kwargs.get("avg_factor")
+        else:  # inputs by name, or weight / avg_factor by position: bound as the signature says
+            bound = forward_signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            values = tuple(bound.arguments[p.name] for p in inputs)
+            weight, avg_factor = bound.arguments["weight"], bound.arguments["avg_factor"]
+        return self.weighted(self.compute(*values, weight=weight, avg_factor=avg_factor))
+
+    forward.__signature__ = forward_signature  # type: ignore[attr-defined]
+    names = ", ".join(p.name for p in inputs)
+    forward.__doc__ = (
+        f"``loss_weight * {function.__name__}({names}, <options>, weight=weight, avg_factor=avg_factor)``.\n\n"
+        f"The inputs, ``weight`` and ``avg_factor`` are those of :func:`detloss.functional.{function.__name__}`."
+    )
     summary = (function.__doc__ or "").strip().splitlines()[0] if function.__doc__ else ""
-    doc = f"Module form of :func:`detloss.functional.{function.__name__}`. {summary}"
-    namespace = {"function": staticmethod(function), "__init__": __init__, "__doc__": doc, "__module__": __name__}
+    doc = (
+        f"Module form of :func:`detloss.functional.{function.__name__}`. {summary}\n\n"
+        f"Options and defaults: those of the function (``inspect.signature({name})`` lists them), checked\n"
+        f"when the module is built, plus ``loss_weight`` (a finite number multiplying the loss).\n"
+        f"Call it as ``{name}(...)({names}, weight=None, avg_factor=None)``."
+    )
+    namespace = {
+        "function": staticmethod(function),
+        "__init__": __init__,
+        "forward": forward,
+        "__doc__": doc,
+        "__module__": __name__,
+    }
     return type(name, (base,), namespace)
 
 
@@ -174,9 +290,7 @@ class WiseIoUState(LossModule):
         start = options.get("iou_mean")
         self.register_buffer("running_iou_mean", torch.tensor(math.nan if start is None else float(start)))
 
-    def forward(
-        self, *inputs: torch.Tensor, weight: torch.Tensor | None = None, avg_factor: Any = None
-    ) -> torch.Tensor:
+    def compute(self, *inputs: Any, weight: torch.Tensor | None, avg_factor: Any) -> torch.Tensor:
         options = {**self.options, "iou_mean": self.running_iou_mean}
         if not self.training:
             options["momentum"] = 0.0
@@ -184,7 +298,7 @@ class WiseIoUState(LossModule):
         if self.training and mean is not None:
             with torch.no_grad():
                 self.running_iou_mean.copy_(mean)
-        return loss if self.loss_weight == 1.0 else loss * self.loss_weight
+        return loss
 
 
 WIoULoss = loss_module(F.wiou_loss, "WIoULoss", base=WiseIoUState)
@@ -202,18 +316,23 @@ class _GHMCRunningCount(LossModule):
     def __init__(self, *, loss_weight: float = 1.0, **options: Any) -> None:
         initial = options.pop("running_count", None)
         super().__init__(loss_weight=loss_weight, **options)
-        bins = options.get("bins", 10)
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-            raise DetLossError.bad_argument("GHMCLoss", "bins", "an integer >= 1", repr(bins))
-        count = torch.zeros(bins) if initial is None else initial.detach().clone().float()
+        count = torch.zeros(options["bins"]) if initial is None else initial.detach().clone().float()
         self.register_buffer("running_count", count)
 
-    def forward(
-        self, *inputs: torch.Tensor, weight: torch.Tensor | None = None, avg_factor: Any = None
-    ) -> torch.Tensor:
+    @classmethod
+    def probe_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        probe = dict(options)
+        if probe.get("running_count") is None:
+            try:
+                check_integer(cls.__name__, "bins", probe.get("bins"), 1)
+            except DetLossError:
+                return probe  # the function's own check names `bins`
+            probe["running_count"] = torch.zeros(probe["bins"])  # the buffer a fresh module starts with
+        return probe
+
+    def compute(self, *inputs: Any, weight: torch.Tensor | None, avg_factor: Any) -> torch.Tensor:
         state = self.running_count if self.training else self.running_count.clone()
-        loss = type(self).function(*inputs, **self.options, running_count=state, weight=weight, avg_factor=avg_factor)
-        return loss if self.loss_weight == 1.0 else loss * self.loss_weight
+        return type(self).function(*inputs, **self.options, running_count=state, weight=weight, avg_factor=avg_factor)
 
 
 CrossEntropyLoss = loss_module(F.cross_entropy_loss, "CrossEntropyLoss")

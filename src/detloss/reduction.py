@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import get_args
 
 import torch
 
-from detloss._checks import check_choice, check_floating
+from detloss._checks import check_broadcasts_to, check_choice, check_floating
 from detloss._typing import AvgFactor, Reduction
 from detloss.errors import DetLossError
 
-__all__ = ["REDUCTIONS", "global_avg_factor", "reduce_loss"]
+__all__ = ["MIN_AVG_FACTOR", "REDUCTIONS", "global_avg_factor", "reduce_loss"]
 
-REDUCTIONS = ("none", "mean", "sum")
-#: Added to ``avg_factor`` so that a zero normaliser (no positives) gives 0, not NaN.
-AVG_EPS = torch.finfo(torch.float32).eps
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+#: The smallest normaliser: ``avg_factor`` below it counts as it (no positives: the plain sum).
+MIN_AVG_FACTOR = 1.0
 
 
 def reduce_loss(
@@ -30,12 +31,28 @@ def reduce_loss(
 
     .. math::
         \text{none}: w \odot \ell, \qquad \text{sum}: \sum w \ell, \qquad
-        \text{mean}: \frac{\sum w \ell}{n} \;\text{ or }\; \frac{\sum w \ell}{\text{avg\_factor} + \epsilon}
+        \text{mean}: \frac{\sum w \ell}{\max(n, 1)} \;\text{ or }\;
+        \frac{\sum w \ell}{\max(\text{avg\_factor}, 1)}
 
-    ``n`` is the number of elements of ``loss`` (at least 1), so an empty loss gives a 0 that
-    still has a gradient (never NaN). ``avg_factor`` (e.g. the number of positive anchors,
-    as in the focal-loss paper) replaces ``n``; ``epsilon`` is float32's machine epsilon so
-    that ``avg_factor=0`` gives 0 for a zero sum. ``weight`` broadcasts against ``loss``.
+    ``n`` is the number of elements of ``loss``, so an empty loss gives a 0 that still has a
+    gradient (never NaN). ``avg_factor`` (e.g. the number of positive anchors, as in the
+    focal-loss paper) replaces ``n``. A normaliser below 1 counts as 1: a batch with no
+    positives (``avg_factor=0``) gives the plain sum, never a division by zero or by a tiny
+    number (mmdetection's and ultralytics' detection heads clamp their positive counts at 1
+    the same way before they divide). :func:`global_avg_factor` applies the same floor.
+
+    Args:
+        loss: the elementwise loss, any shape, floating.
+        reduction: ``"none"``, ``"sum"`` or ``"mean"``.
+        weight: multiplies ``loss`` elementwise; any shape that broadcasts to ``loss.shape``
+            (e.g. one weight per row), on ``loss``'s device. ``None``: all 1.
+        avg_factor: the normaliser of ``"mean"``: a finite number ``>= 0`` or a one-element
+            real tensor (not read, so no device sync). Not allowed with ``"sum"`` and ``"none"``.
+        where: the name of the calling function, for error messages.
+
+    Shape:
+        - loss: ``(*)``; weight: broadcastable to ``(*)``.
+        - output: ``(*)`` for ``"none"``, ``()`` otherwise.
 
     Example:
         >>> loss = torch.tensor([1.0, 2.0, 3.0])
@@ -43,6 +60,8 @@ def reduce_loss(
         tensor(1.3333)
         >>> reduce_loss(loss, "mean", avg_factor=4)  # 6 / 4
         tensor(1.5000)
+        >>> reduce_loss(loss, "mean", avg_factor=0)  # no positives: 6 / 1
+        tensor(6.)
         >>> reduce_loss(torch.zeros(0), "mean")
         tensor(0.)
     """
@@ -52,14 +71,7 @@ def reduce_loss(
         check_floating(where, "weight", weight)
         if weight.device != loss.device:
             raise DetLossError.bad_argument(where, "weight", f"a tensor on {loss.device}, as the inputs", weight.device)
-        try:
-            shape = torch.broadcast_shapes(loss.shape, weight.shape)
-        except RuntimeError:
-            shape = None
-        if shape != loss.shape:
-            raise DetLossError.bad_argument(
-                where, "weight", f"a shape that broadcasts to {tuple(loss.shape)}", f"shape {tuple(weight.shape)}"
-            )
+        check_broadcasts_to(where, "weight", weight, loss.shape)
         loss = loss * weight.to(loss.dtype)
     if avg_factor is not None:
         if reduction == "sum":
@@ -74,7 +86,9 @@ def reduce_loss(
         return total
     if avg_factor is None:
         return total / max(loss.numel(), 1)
-    return total / (avg_factor + AVG_EPS)
+    if isinstance(avg_factor, torch.Tensor):
+        return total / avg_factor.clamp(min=MIN_AVG_FACTOR)
+    return total / max(float(avg_factor), MIN_AVG_FACTOR)
 
 
 def _check_avg_factor(where: str, avg_factor: object, device: torch.device) -> None:
@@ -102,6 +116,9 @@ def global_avg_factor(n: float | int | torch.Tensor) -> float | torch.Tensor:
     by the world size (as :mod:`detloss.detection` does). Without distributed, it is
     ``max(n, 1)``.
 
+    Args:
+        n: this rank's count, a number or a tensor.
+
     Example:
         >>> global_avg_factor(0)
         1.0
@@ -116,7 +133,7 @@ def global_avg_factor(n: float | int | torch.Tensor) -> float | torch.Tensor:
         if backend == "nccl" and t.device.type != "cuda":
             t = t.cuda()
         dist.all_reduce(t)
-        return t.clamp(min=1.0)
+        return t.clamp(min=MIN_AVG_FACTOR)
     if isinstance(n, torch.Tensor):
-        return n.detach().float().clamp(min=1.0)
-    return max(float(n), 1.0)
+        return n.detach().float().clamp(min=MIN_AVG_FACTOR)
+    return max(float(n), MIN_AVG_FACTOR)

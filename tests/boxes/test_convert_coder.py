@@ -13,7 +13,7 @@ from detloss.errors import DetLossError
 
 
 def test_convert_by_hand() -> None:
-    ltwh = torch.tensor([120.0, 80.0, 200.0, 150.0])  # seed 004's layout
+    ltwh = torch.tensor([120.0, 80.0, 200.0, 150.0])  # left, top, width, height (COCO's layout)
     torch.testing.assert_close(convert(ltwh, "xywh", "xyxy"), torch.tensor([120.0, 80.0, 320.0, 230.0]))
     torch.testing.assert_close(convert(ltwh, "xywh", "cxcywh"), torch.tensor([220.0, 155.0, 200.0, 150.0]))
     torch.testing.assert_close(

@@ -281,3 +281,20 @@ def test_pairwise_memory_is_bounded() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     growth = int(result.stdout.strip().splitlines()[-1])
     assert growth < 1.2e9, growth
+
+
+def test_the_kernel_raises_for_an_unknown_kind() -> None:
+    """No silent fallthrough to CIoU: a misspelt kind is an error naming it."""
+    from detloss.boxes.iou import box_similarity
+
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    with pytest.raises(DetLossError, match=r"box_similarity\(\).*`kind`.*'cio'"):
+        box_similarity(boxes, boxes, "cio", 1e-7)
+
+
+def test_iou_kinds_have_one_source() -> None:
+    from typing import get_args
+
+    from detloss._typing import IoUKind
+
+    assert IOU_KINDS == get_args(IoUKind) == ("iou", "giou", "diou", "ciou", "eiou", "siou")

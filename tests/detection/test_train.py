@@ -86,7 +86,7 @@ def test_cli_train_and_compare_resumable(tmp_path: Path, monkeypatch: pytest.Mon
     assert results["losses"]["obj_loss"] == "sigmoid_focal" and results["losses"]["obj_options"] == {"gamma": 1.5}
     with pytest.raises(SystemExit) as code:
         main(["train", "--box-loss", "nope", "--out", str(tmp_path / "u"), *common])
-    assert code.value.code == 2 and "box_loss" in capsys.readouterr().err
+    assert code.value.code == 2 and "`--box-loss`" in capsys.readouterr().err  # named as typed
     with pytest.raises(SystemExit) as code:
         main(["compare", "--box-loss", "iou,nope", "--out", str(tmp_path / "v"), *common])
     assert code.value.code == 2 and "nope" in capsys.readouterr().err
@@ -130,3 +130,111 @@ def test_cli_defaults_are_the_config_defaults() -> None:
     assert resolve_loss_name(train_params["obj_loss"].default, "obj_loss") == defaults.obj_loss
     assert train_params["box_loss"].default == defaults.box_loss
     assert train_params["steps"].default is None  # None: TrainConfig's steps
+
+
+def tiny_args(out: Path) -> list[str]:
+    tiny_model = ["--image-size", "32", "--batch-size", "8", "--width", "8", "--steps", "2"]
+    return [*tiny_model, "--no-progress", "--out", str(out)]
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as code:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(code.value.code or 0), out, err
+
+
+def test_train_and_compare_take_the_same_data_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from detloss.detection.data import SyntheticScenes
+
+    for split, n in (("train", 16), ("val", 4)):
+        SyntheticScenes(n, 32, seed=1, split=split).export(tmp_path / "yolo", "yolo")
+        SyntheticScenes(n, 32, seed=1, split=split).export(tmp_path / "coco", "coco")
+    yolo = ["--data", str(tmp_path / "yolo" / "data.yaml")]
+    coco = []
+    for split in ("train", "val"):
+        coco += [f"--{split}-json", str(tmp_path / "coco" / "annotations" / f"instances_{split}.json")]
+        coco += [f"--{split}-image-dir", str(tmp_path / "coco" / "images" / split)]
+    for name, data in (("yolo", yolo), ("coco", coco)):
+        code, _, err = cli(["train", *data, *tiny_args(tmp_path / f"train-{name}")], capsys)
+        assert code == 0, err
+        results = json.loads((tmp_path / f"train-{name}" / "results.json").read_text())
+        assert results["validation"]["source"].startswith(f"{name}(") and results["validation"]["images"] == 4
+        one_model = ["--box-loss", "iou", "--seeds", "1"]
+        code, _, err = cli(["compare", *one_model, *data, *tiny_args(tmp_path / f"cmp-{name}")], capsys)
+        assert code == 0, err
+        model = tmp_path / f"cmp-{name}" / "runs" / "iou-binary_cross_entropy-seed0"
+        run = json.loads((model / "results.json").read_text())
+        assert run["validation"]["source"].startswith(f"{name}(")
+        assert "synthetic" not in (tmp_path / f"cmp-{name}" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_image_folders_without_annotations_are_an_error(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    args = [command, "--train-image-dir", str(images), "--val-image-dir", str(images), *tiny_args(tmp_path / "run")]
+    code, _, err = cli(args, capsys)  # it trained on synthetic scenes and exited 0
+    assert code == 2 and "`--train-image-dir`" in err and "`--train-json`" in err and "`--data`" in err
+    code, _, err = cli([command, "--data", str(images), *tiny_args(tmp_path / "run")], capsys)
+    assert code == 2 and "no data.yaml" in err and str(images) in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_over_a_run_needs_resume_or_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--train-images", "16", "--val-images", "4", *tiny_args(tmp_path / "run")]
+    assert cli(["train", *common], capsys)[0] == 0
+    checkpoint = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    code, _, err = cli(["train", "--seed", "1", *common], capsys)
+    assert code == 2 and "`--out`" in err and "`--resume`" in err and "`--overwrite`" in err
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == checkpoint  # untouched
+    code, _, err = cli(["train", "--seed", "1", "--overwrite", "--resume", *common], capsys)
+    assert code == 2 and "`--overwrite`" in err
+    assert cli(["train", "--seed", "1", "--overwrite", *common], capsys)[0] == 0
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["config"]["seed"] == 1
+    # an interrupted run (a checkpoint, no results) is protected the same way
+    (tmp_path / "run" / "results.json").unlink()
+    assert cli(["train", *common], capsys)[0] == 2
+
+
+def test_a_run_refused_by_its_checks_leaves_no_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for command in ("train", "compare"):  # the data pass their checks only once built: 12 images < a batch of 16
+        code, _, err = cli([command, "--train-images", "12", "--val-images", "4", "--batch-size", "16"], capsys)
+        assert code == 2 and "`--batch-size`" in err and "at most 12" in err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(DetLossError, match="`batch_size`"):  # from Python: the parameter's name
+        train(tiny(train_images=12, batch_size=16), tmp_path / "api", progress=False)
+    assert not (tmp_path / "api").exists()
+
+
+def test_progress_in_a_log_is_plain_lines_and_ap_has_one_scale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detloss.experiments import progress
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)  # a line per step; the default is every 30 s
+    args = ["--train-images", "16", "--val-images", "4", "--image-size", "32", "--batch-size", "8", "--width", "8"]
+    code, out, err = cli(["train", *args, "--steps", "3", "--out", str(tmp_path / "t")], capsys)  # not a terminal
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.startswith("train ciou/binary_cross_entropy: ")]
+    assert [line.split(": ")[1].split(",")[0] for line in lines] == ["1/3 (33%)", "2/3 (67%)", "3/3 (100%)"]
+    assert "loss " in lines[-1] and "━" not in out and "…" not in out
+    metrics = json.loads((tmp_path / "t" / "results.json").read_text())["metrics"]  # 0-1, as before
+    printed = next(line for line in out.splitlines() if line.startswith("AP "))
+    ap, ap50, ap75 = (100 * metrics[k] for k in ("AP", "AP50", "AP75"))
+    assert printed == f"AP {ap:.2f}  AP50 {ap50:.2f}  AP75 {ap75:.2f}  (%)"
+    assert "AP (%)" in (tmp_path / "t" / "report.md").read_text()
+
+    code, out, err = cli(["compare", "--box-loss", "iou", "--seeds", "1", *args, "--steps", "2", "--out",
+                          str(tmp_path / "c")], capsys)
+    assert code == 0, err
+    ap = json.loads((tmp_path / "c" / "results.json").read_text())["rows"][0]["AP"]
+    assert f"AP {100 * ap:.2f} (%)" in out
+    table = (tmp_path / "c" / "table.md").read_text()
+    assert "±" not in table and f"| {100 * ap:.2f} |" in table  # one seed: the value, no "± 0.00"
+    assert "One seed" in (tmp_path / "c" / "report.md").read_text()

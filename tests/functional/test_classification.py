@@ -107,6 +107,27 @@ def test_golden_ghm_c() -> None:
     close(out, [3 / 2 / 2 * LN2, 0.0, 3 / 2 / 2 * LN2, 3 / 2 * math.log(4 / 3)])
 
 
+def test_ghm_c_mean_divides_by_the_valid_elements() -> None:
+    # the paper's L = (1 / N) sum_i beta_i BCE_i with N the valid (not ignored) examples:
+    # two valid elements at p = 1/2 (one region, beta = 2 / 2 / 1 = 1) give (ln 2 + ln 2) / 2
+    w = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    close(F.ghm_c_loss(torch.zeros(4), torch.ones(4), weight=w), LN2)
+    close(F.ghm_c_loss(torch.zeros(4), torch.ones(4), weight=w, reduction="sum"), 2 * LN2)
+    # an explicit avg_factor still wins
+    close(F.ghm_c_loss(torch.zeros(4), torch.ones(4), weight=w, avg_factor=4.0), LN2 / 2)
+
+
+def test_ghm_c_mean_with_ignored_anchors_matches_reference() -> None:
+    x, t = logits(10, 5, seed=4), soft_targets(10, 5, seed=5)
+    ignored = torch.rand(10, 1, generator=torch.Generator().manual_seed(6), dtype=DT) < 0.3
+    w = (~ignored).to(DT).expand(10, 5)
+    elementwise, _ = R.ref_ghm_c(x.flatten().tolist(), t.flatten().tolist(), 10, w.flatten().tolist())
+    valid = sum(1 for v in w.flatten().tolist() if v > 0)
+    assert 0 < valid < 50
+    close(F.ghm_c_loss(x, t, weight=w), sum(elementwise) / valid)
+    close(F.ghm_c_loss(x, t, weight=(~ignored).to(DT)), sum(elementwise) / valid)  # a (N, 1) weight
+
+
 def test_golden_kl_distill() -> None:
     s, t = torch.zeros(1, 2), torch.log(torch.tensor([[1.0, 3.0]]))
     # q = (1/4, 3/4), p = (1/2, 1/2): 1/4 ln 1/2 + 3/4 ln 3/2
@@ -532,6 +553,20 @@ def test_exponent_below_one_gives_finite_gradient_where_pt_is_one() -> None:
     ):
         v, g = grad_of(fn, x)
         assert torch.isfinite(g).all() and (v.abs() < 1e-80).all(), (v, g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exponent_below_one_does_not_move_the_value(dtype: torch.dtype) -> None:
+    """The floor that keeps the gradient of base^0.1 finite must not move the value: QFL at
+    y = p is |y - p|^beta BCE = 0 exactly (the floor 1.2e-38 to the power 0.1 is 1.6e-4)."""
+    x = torch.zeros(1, dtype=dtype, requires_grad=True)
+    value = F.quality_focal_loss(x, torch.tensor([0.5], dtype=dtype), beta=0.1)
+    assert value.item() == 0.0
+    (g,) = torch.autograd.grad(value, x)
+    assert torch.isfinite(g).all()
+    # away from the floor the value is the formula: |0.75 - 0.5|^0.1 ln 2 at p = 1/2, y = 0.75
+    value = F.quality_focal_loss(torch.zeros(1, dtype=dtype), torch.tensor([0.75], dtype=dtype), beta=0.1)
+    assert value.item() == pytest.approx(0.25**0.1 * LN2, rel=1e-6, abs=0)
 
 
 # ---------------------------------------------------------------------------- empty input

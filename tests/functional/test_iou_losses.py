@@ -9,12 +9,14 @@ from collections.abc import Callable
 import pytest
 import torch
 
+import detloss
 from detloss import functional as F
 from detloss import nn as N
-from detloss._backend import set_backend
+from detloss import set_backend
 from detloss.boxes import convert
 from detloss.errors import DetLossError
 from detloss.registry import LOSSES
+from detloss.testing import sample_inputs
 from tests.reference import (
     ref_alpha_iou,
     ref_box_loss,
@@ -220,7 +222,8 @@ def ciou_reference_gradient(p: Box, t: Box, alpha_gate: bool, grad_mode: str) ->
     for grad_mode="paper" the v part of the gradient is scaled by w^2 + h^2 of p."""
     base = ref_box_terms(p, t)
     alpha0 = base["v"] / (1 - base["iou"] + base["v"] + 1e-7)
-    if alpha_gate and base["iou"] < 0.5:
+    union = base["pw"] * base["ph"] + base["tw"] * base["th"] - base["inter"]  # without eps
+    if alpha_gate and not (base["inter"] > 0 and 2 * base["inter"] >= union):
         alpha0 = 0.0
 
     def distance_part(q: list[float]) -> float:
@@ -245,6 +248,57 @@ def test_ciou_gradient_is_its_own_formula_with_alpha_frozen(alpha_gate: bool, gr
         dtype=torch.float64,
     )
     torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+
+
+# IoU exactly 0.5 (inter 4, union 8; inter 6, union 12), below (4 / 10), above (6 / 8), and two
+# empty boxes (inter = union = 0, IoU 0) with different aspect angles, so an open gate would show
+GATE_PAIRS: list[tuple[Box, Box, bool]] = [
+    ((0.0, 0.0, 2.0, 2.0), (0.0, 0.0, 4.0, 2.0), True),
+    ((0.0, 0.0, 3.0, 2.0), (0.0, 0.0, 4.0, 3.0), True),
+    ((0.0, 0.0, 2.0, 2.0), (0.0, 0.0, 4.0, 2.5), False),
+    ((0.0, 0.0, 3.0, 2.0), (0.0, 0.0, 4.0, 2.0), True),
+    ((0.0, 0.0, 2.0, 0.0), (0.0, 0.0, 0.0, 2.0), False),
+]
+
+
+@pytest.mark.parametrize("fast", ["reference", "fused", "native"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ciou_gate_side_is_the_same_in_every_dtype_and_backend(dtype: torch.dtype, fast: str) -> None:
+    """The journal gate keeps the aspect term for IoU >= 0.5, decided on the areas: a pair with
+    IoU exactly 0.5 is gated the same in float32 (where the union's eps rounds away) and float64."""
+    pred = torch.tensor([p for p, _, _ in GATE_PAIRS], dtype=dtype)
+    target = torch.tensor([t for _, t, _ in GATE_PAIRS], dtype=dtype)
+    expected = [ref_box_loss(p, t, "ciou" if open_ else "diou") for p, t, open_ in GATE_PAIRS]
+    with detloss.use_backend(fast):
+        info = detloss.backend_info()
+        if info.cpu != fast:
+            pytest.skip(f"{fast} backend unavailable here: {info.native_failure}")
+        got = F.ciou_loss(pred, target, alpha_gate=True, reduction="none")
+    torch.testing.assert_close(got.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=1e-6)
+    assert got[0].item() == pytest.approx(0.553248, abs=1e-6)  # 0.5 + 1/20 + alpha v, in both dtypes
+
+
+@pytest.mark.parametrize("key", sorted(k for k, spec in LOSSES.items() if spec.inputs == "boxes"))
+def test_box_losses_take_framework_weight_layouts(key: str) -> None:
+    """mmdetection's (N, 4) weights are averaged over the coordinates, ultralytics' (N, 1) broadcast."""
+    spec = LOSSES[key]
+    pred, target = (t.detach() for t in sample_inputs(key, 5, dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    per_coordinate = torch.rand(5, 4, generator=g, dtype=torch.float64)
+    column = torch.rand(5, 1, generator=g, dtype=torch.float64)
+    for reduction in ("none", "sum", "mean"):
+
+        def loss(weight: torch.Tensor, reduction: str = reduction) -> torch.Tensor:
+            return spec.function(pred, target, weight=weight, reduction=reduction, **dict(spec.call_options))
+
+        torch.testing.assert_close(loss(per_coordinate), loss(per_coordinate.mean(-1)))
+        torch.testing.assert_close(loss(column), loss(column[:, 0]))
+    # by hand: the second pair has all four coordinate weights 0, the first all 1: the sum is
+    # the first pair's loss
+    rows = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    two = spec.function(pred[:2], target[:2], weight=rows, reduction="sum", **dict(spec.call_options))
+    each = spec.function(pred[:2], target[:2], reduction="none", **dict(spec.call_options))
+    torch.testing.assert_close(two, each[0])
 
 
 def test_ciou_variants_have_different_gradients_and_alpha_is_really_frozen() -> None:

@@ -46,7 +46,7 @@ def test_golden_values(fn, options, expected) -> None:
 
 
 def test_balanced_l1_constants_of_the_paper() -> None:
-    # alpha ln(b + 1) = gamma defines b; both branches meet at 1.0786 for the defaults (PAPERS.md)
+    # alpha ln(b + 1) = gamma defines b; both branches meet at 1.0786 for the defaults (Pang et al., CVPR 2019)
     assert B == pytest.approx(19.0855, abs=1e-4)
     assert 0.5 * math.log(B + 1) == pytest.approx(1.5)
     assert 1.5 + 1.5 / B - 0.5 == pytest.approx(1.0786, abs=1e-4)
@@ -149,6 +149,40 @@ GRADCHECK = [
     (F.balanced_l1_loss, {}),
     (F.balanced_l1_loss, {"beta": 0.5, "alpha": 0.8, "gamma": 1.0}),
 ]
+
+
+@pytest.mark.parametrize("residual", [1e-8, 1e-6, 1e-4, -1e-6])
+def test_float32_gradient_at_small_residuals(residual: float) -> None:
+    """Where a converging regressor lives: the gradient of smooth L1 (beta 1) and Huber (delta 1)
+    is the residual itself, that of balanced L1 alpha ln(1 + b |x| / beta) sign(x), in float32
+    to its rounding (no (x / beta - 1) + 1 or ln(1 + z) + 1 - 1 that cancels)."""
+    x = torch.tensor([residual], dtype=torch.float32)
+    r = x.double().item()  # the residual as float32 holds it
+    cases = [
+        (F.smooth_l1_loss, {}, r),
+        (F.huber_loss, {}, r),
+        (F.smooth_l1_loss, {"beta": 0.11}, r / 0.11),
+        (F.huber_loss, {"delta": 0.5}, r),
+        (F.balanced_l1_loss, {}, math.copysign(0.5 * math.log1p(B * abs(r)), r)),
+        (F.balanced_l1_loss, {"beta": 2.0}, math.copysign(0.5 * math.log1p(B * abs(r) / 2.0), r)),
+    ]
+    for fn, options, expected in cases:
+        pred = x.clone().requires_grad_(True)
+        fn(pred, torch.zeros(1), reduction="sum", **options).backward()
+        assert pred.grad is not None
+        assert pred.grad.item() == pytest.approx(expected, rel=1e-6, abs=0), (fn.__name__, options)
+
+
+def test_gradient_at_the_kink_is_one_sided_and_continuous() -> None:
+    # at |x| = beta the two branches have the same slope, and the gradient is that slope once
+    for fn, options, slope in ((F.smooth_l1_loss, {"beta": 0.5}, 1.0), (F.huber_loss, {"delta": 0.5}, 0.5)):
+        pred = torch.tensor([0.5, -0.5], dtype=torch.float64, requires_grad=True)
+        fn(pred, torch.zeros(2, dtype=torch.float64), reduction="sum", **options).backward()
+        assert pred.grad is not None
+        assert pred.grad.tolist() == [slope, -slope]
+    pred = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    F.balanced_l1_loss(pred, torch.zeros(1, dtype=torch.float64), reduction="sum").backward()
+    assert pred.grad is not None and pred.grad.item() == pytest.approx(1.5, rel=1e-12)  # gamma
 
 
 @pytest.mark.parametrize(("fn", "options"), GRADCHECK)

@@ -294,27 +294,70 @@ def test_reduce_loss_bad_arguments() -> None:
 # ---------------------------------------------------------------- modules and build_loss
 
 
-@pytest.mark.parametrize("key", LOSSES)
-def test_modules_reject_bad_options(key: str) -> None:
-    """At construction or at the first call, with the option named."""
-    spec = get_spec(key)
-    good = sample_inputs(key, 3, requires_grad=False)
-    bad_values: dict[str, Any] = {}
+def bad_option_values(key: str) -> list[tuple[str, Any]]:
+    """(option, bad value) for every option of a loss: unknown names and non-strings for the
+    string options, non-booleans for the flags, NaN and strings for the numbers, -1 where the
+    name means >= 0, eps outside (0, 1]; and a bad loss_weight."""
+    cases: list[tuple[str, Any]] = []
+    numeric = set(numeric_options(key))
     for p in options(key):
-        if p.name == "reduction" or isinstance(p.default, str):
-            bad_values[p.name] = "no-such-choice"
+        if isinstance(p.default, str):
+            cases += [(p.name, "no-such-choice"), (p.name, 3)]
         elif isinstance(p.default, bool):
-            bad_values[p.name] = "no"
-        elif isinstance(p.default, (int, float)):
-            bad_values[p.name] = math.nan
-    for name, bad in bad_values.items():
-        with pytest.raises(DetLossError, match=f"`{name}`"):
-            spec.module(**{**call_options(key), name: bad})(*good)
+            cases += [(p.name, "no"), (p.name, 1)]
+        elif p.name in numeric:
+            cases += [(p.name, math.nan), (p.name, "1.0")]
+            if p.name in NON_NEGATIVE:
+                cases.append((p.name, -1.0))
+        if p.name == "eps":
+            cases += [("eps", 0.0), ("eps", 2.0)]
+    return [*cases, ("loss_weight", "x"), ("loss_weight", math.nan), ("loss_weight", math.inf), ("loss_weight", None)]
+
+
+@pytest.mark.parametrize("key", LOSSES)
+def test_modules_reject_bad_options_when_built(key: str) -> None:
+    """At construction, before any input is seen, naming the class and the option; through
+    ``build_loss`` too. Errors that need the data (a weight of the wrong shape) come at the call."""
+    spec = get_spec(key)
+    name = spec.module.__name__
+    for option, bad in bad_option_values(key):
+        with pytest.raises(DetLossError) as info:
+            spec.module(**{**call_options(key), option: bad})
+        message = str(info.value)
+        assert f"{name}()" in message and f"`{option}`" in message, (option, bad, message)
+        with pytest.raises(DetLossError, match=f"`{option}`"):
+            build_loss({"type": name, **call_options(key), option: bad})
     with pytest.raises(DetLossError, match="no_such_option"):
         spec.module(no_such_option=1)
     module = spec.module(**call_options(key))
     with pytest.raises(DetLossError, match="`weight`"):
-        module(*good, weight=torch.ones(7, 7, 7))
+        module(*sample_inputs(key, 3, requires_grad=False), weight=torch.ones(7, 7, 7))
+
+
+def test_modules_examples_of_the_cross_check() -> None:
+    for build, option in (
+        (lambda: detloss.CIoULoss(reduction="meen"), "reduction"),
+        (lambda: build_loss("ciou", grad_mode="foo"), "grad_mode"),
+        (lambda: detloss.GIoULoss(box_format="yolo"), "box_format"),
+        (lambda: detloss.DIoULoss(eps=-1), "eps"),
+        (lambda: detloss.CIoULoss(loss_weight="x"), "loss_weight"),
+        (lambda: detloss.CIoULoss(loss_weight=math.nan), "loss_weight"),
+        (lambda: detloss.MPDIoULoss(), "image_size"),  # required: no default to fall back on
+        (lambda: detloss.GHMCLoss(bins=0), "bins"),
+        (lambda: detloss.GHMCLoss(bins=4, running_count=torch.zeros(3)), "running_count"),
+    ):
+        with pytest.raises(DetLossError, match=f"Loss\\(\\): argument `{option}`"):
+            build()
+
+
+def test_per_class_options_are_checked_against_their_own_length() -> None:
+    """Construction sees no data: a per-class vector sets the number of classes it probes with,
+    so 80 class weights are fine, and a bad entry is still caught."""
+    detloss.CrossEntropyLoss(class_weight=[1.0] * 80)
+    detloss.SoftmaxFocalLoss(alpha=torch.full((80,), 0.25))
+    detloss.BinaryCrossEntropyLoss(pos_weight=torch.ones(80))
+    with pytest.raises(DetLossError, match="CrossEntropyLoss\\(\\): argument `class_weight`"):
+        detloss.CrossEntropyLoss(class_weight=[1.0, -1.0])
 
 
 def test_build_loss_bad_names() -> None:

@@ -237,3 +237,57 @@ def test_console_script_bad_option_is_one_line() -> None:
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "--cases" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- options named as typed; --out a file; --device
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "parameter"),
+    [
+        (["train", "--batch-size", "0"], "--batch-size", "batch_size"),
+        (["train", "--batch-size", "64", "--train-images", "32", "--val-images", "4"], "--batch-size", "batch_size"),
+        (["train", "--steps", "0"], "--steps", "steps"),
+        (["train", "--image-size", "40"], "--image-size", "image_size"),
+        (["train", "--train-json", "a.json"], "--val-json", "val_json"),
+        (["train", "--box-weight", "nan"], "--box-weight", "box_weight"),
+        (["compare", "--batch-size", "64", "--train-images", "32", "--val-images", "4"], "--batch-size", "batch_size"),
+        (["compare", "--steps", "0"], "--steps", "steps"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v),
+)
+def test_errors_name_the_option_as_typed(
+    args: list[str], flag: str, parameter: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = assert_usage_error([*args, "--out", str(tmp_path / "run")], capsys, flag)
+    assert f"`{flag}`" in err and f"`{parameter}`" not in err
+    assert not (tmp_path / "run").exists()  # refused before a folder was made
+
+
+FOLDER_OUT = [path for path in WITH_OUT if path != ("boxes",)]  # boxes --out is a picture file
+
+
+@pytest.mark.parametrize("path", FOLDER_OUT, ids=["-".join(p) for p in FOLDER_OUT])
+def test_output_folder_that_is_a_file(
+    path: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    extra = ["--cases", "1"] if path == ("fuzz",) else []
+    err = assert_usage_error([*path, *extra, "--out", str(blocker)], capsys, "--out")
+    assert "a-file" in err and "Errno" not in err
+    assert blocker.read_text() == "not a folder"
+
+
+DEVICE_COMMANDS = [("train",), ("compare",), ("bench",)]
+
+
+@pytest.mark.parametrize("path", DEVICE_COMMANDS, ids=["-".join(p) for p in DEVICE_COMMANDS])
+def test_cuda_on_a_torch_without_it_is_one_line(
+    path: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = assert_usage_error([*path, "--device", "cuda", "--out", str(tmp_path / "run")], capsys, "--device")
+    assert "CUDA" in err and not (tmp_path / "run").exists()

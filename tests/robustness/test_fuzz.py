@@ -72,20 +72,15 @@ def test_every_family_on_the_other_backends(key: str, backend: str) -> None:
     """The default run above uses the fastest backend (the native kernel where it builds);
     the pure-torch reference and fused paths get every family in float32 and float16 too."""
     import detloss
-    from detloss import _backend
 
-    previous = _backend._chosen
-    detloss.set_backend(backend)
-    try:
-        failures = []
+    failures = []
+    with detloss.use_backend(backend):
         for dtype in ("float32", "float16"):
             for j, family in enumerate(families_for(key)):
                 case = make_case(key, dtype, SEED + 2, j, family=family, layout=LAYOUTS[j % 3])
                 outcome = check_case(case)
                 if not outcome.ok:
                     failures.append(f"{case.describe()} index {j}: [{outcome.failure}] {outcome.detail}")
-    finally:
-        detloss.set_backend(previous)
     assert not failures, report(failures)
 
 

@@ -5,8 +5,16 @@
 // step, including the subgradients autograd takes at kinks: clamp(min=0) passes the gradient at
 // 0, min/max split it in half on ties, |x| has gradient 0 at 0. Built without -ffast-math: a
 // finite input never becomes a NaN here.
-#include <torch/extension.h>
+//
+// The end of the file registers these loops as the CPU kernels of the detloss operators
+// (torch.ops.detloss.*, whose schemas detloss._fused.ops defines) and gives them their autograd
+// in C++, so that a call on CPU tensors runs no Python between the dispatcher and the loop.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/library.h>
 
 #include <cmath>
 #if defined(__AVX512F__)
@@ -106,7 +114,8 @@ DETLOSS_INLINE void iou_pair(const T* __restrict p, const T* __restrict t, const
   const T ihr = (py2 < ty2 ? py2 : ty2) - (py1 > ty1 ? py1 : ty1);
   const T iw = pos(iwr), ih = pos(ihr);
   const T inter = iw * ih;
-  const T uni = pw * ph + tw * th - inter + eps;
+  const T uni_area = pw * ph + tw * th - inter;
+  const T uni = uni_area + eps;
   const T iou = inter / uni;
   I = iou;
   T s = iou;
@@ -145,7 +154,8 @@ DETLOSS_INLINE void iou_pair(const T* __restrict p, const T* __restrict t, const
       dA = Math<T>::atan2_pos(tw + eps, th + eps) - Math<T>::atan2_pos(pw + eps, ph + eps);
       const T v = T(kFourOverPi2) * (dA * dA);
       alpha = v / (T(1) - iou + v + eps);
-      if (gate) alpha = iou >= T(0.5) ? alpha : T(0);
+      // journal gate IoU >= 0.5, decided on the areas without eps (detloss.boxes.iou.ciou_gate)
+      if (gate) alpha = ((T(2) * inter >= uni_area) & (inter > T(0))) ? alpha : T(0);
       s = s - alpha * v;
     }
   } else if (K == SIOU || K == SIOU4) {
@@ -413,23 +423,35 @@ void with_iou_kind(int64_t kind, F&& f) {
   }
 }
 
-void check_pair(const at::Tensor& p, const at::Tensor& t) {
-  TORCH_CHECK(p.device().is_cpu() && t.device().is_cpu(), "detloss native kernel: CPU tensors only");
-  TORCH_CHECK(p.is_contiguous() && t.is_contiguous(), "detloss native kernel: contiguous tensors only");
-  TORCH_CHECK(p.dim() == 2 && p.size(1) == 4 && p.sizes() == t.sizes(), "detloss native kernel: (N, 4) pairs");
-  TORCH_CHECK(p.scalar_type() == t.scalar_type(), "detloss native kernel: one dtype");
-  TORCH_CHECK(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble, "detloss native kernel: float32/64");
+int64_t iou_kind_id(c10::string_view kind) {
+  if (kind == "iou") return IOU;
+  if (kind == "giou") return GIOU;
+  if (kind == "diou") return DIOU;
+  if (kind == "ciou") return CIOU;
+  if (kind == "eiou") return EIOU;
+  if (kind == "siou") return SIOU;
+  TORCH_CHECK(false, "detloss::iou_loss: kind must be one of iou, giou, diou, ciou, eiou, siou, got ", kind);
 }
 
-std::vector<at::Tensor> iou_forward(const at::Tensor& pred, const at::Tensor& target, int64_t kind, double eps,
-                                    bool gate, double theta) {
-  check_pair(pred, target);
-  if (kind == SIOU && theta == 4.0) kind = SIOU4;
+void check_pair(const at::Tensor& p, const at::Tensor& t) {
+  TORCH_CHECK(p.device().is_cpu() && t.device().is_cpu(), "detloss::iou_loss (native kernel): CPU tensors only");
+  TORCH_CHECK(p.dim() == 2 && p.size(1) == 4 && p.sizes() == t.sizes(), "detloss::iou_loss: pred and target of shape (N, 4)");
+  TORCH_CHECK(p.scalar_type() == t.scalar_type(), "detloss::iou_loss: pred and target of one dtype");
+  TORCH_CHECK(p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble, "detloss::iou_loss: float32 or float64");
+}
+
+// detloss::iou_loss, CPU: (1 - similarity, iou) of aligned (N, 4) xyxy pairs (paper_grad: backward only).
+std::tuple<at::Tensor, at::Tensor> iou_loss(const at::Tensor& pred_in, const at::Tensor& target_in, c10::string_view kind_name,
+                                            double eps, bool alpha_gate, bool paper_grad, double siou_theta) {
+  check_pair(pred_in, target_in);
+  const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
+  int64_t kind = iou_kind_id(kind_name);
+  if (kind == SIOU && siou_theta == 4.0) kind = SIOU4;
   const int64_t n = pred.size(0);
   at::Tensor loss = at::empty({n}, pred.options());
   at::Tensor iou = at::empty({n}, pred.options());
-  const IoUOptions o{eps, gate, false, theta};
-  AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "detloss_iou_forward", [&] {
+  const IoUOptions o{eps, alpha_gate, paper_grad, siou_theta};
+  AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "detloss_iou_loss", [&] {
     with_iou_kind(kind, [&](auto k) {
       iou_forward_loop<scalar_t, decltype(k)::value>(pred.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(),
                                                      loss.data_ptr<scalar_t>(), iou.data_ptr<scalar_t>(), n, o);
@@ -438,39 +460,47 @@ std::vector<at::Tensor> iou_forward(const at::Tensor& pred, const at::Tensor& ta
   return {loss, iou};
 }
 
-// A gradient argument is "absent" when it has no elements while n > 0; a 1-dim tensor of
-// stride 0 (an expanded scalar) is read without being materialised.
-const void* grad_ptr(const at::Tensor& g, int64_t n, int64_t& stride) {
-  if (!g.defined() || (g.numel() == 0 && n > 0)) {
-    stride = 0;
-    return nullptr;
-  }
-  TORCH_CHECK(g.dim() == 1 && g.size(0) == n, "detloss native kernel: gradient of shape (N,)");
-  stride = g.stride(0);
-  return g.data_ptr();
+// An upstream gradient as the loops read it: a 1-dim (n,) view in the input's dtype, any stride
+// (stride 0: an expanded scalar, read without being materialised); undefined or absent: nullptr.
+at::Tensor as_grad(const std::optional<at::Tensor>& g, const at::Tensor& like, int64_t n, const char* op) {
+  if (!g.has_value() || !g->defined()) return at::Tensor();
+  at::Tensor v = g->dim() == 1 ? *g : g->reshape({-1});
+  TORCH_CHECK(v.size(0) == n, op, ": a gradient of ", n, " elements, got ", g->sizes());
+  return v.scalar_type() == like.scalar_type() ? v : v.to(like.scalar_type());
 }
 
-std::vector<at::Tensor> iou_backward(const at::Tensor& pred, const at::Tensor& target, const at::Tensor& grad_loss,
-                                     const at::Tensor& grad_iou, int64_t kind, double eps, bool gate, bool paper,
-                                     double theta, bool need_target) {
-  check_pair(pred, target);
-  if (kind == SIOU && theta == 4.0) kind = SIOU4;
+const void* grad_ptr(const at::Tensor& g, int64_t& stride) {
+  stride = g.defined() ? g.stride(0) : 0;
+  return g.defined() ? g.data_ptr() : nullptr;
+}
+
+// detloss::iou_loss_backward, CPU: gradients of sum(grad_loss * loss + grad_iou * iou) w.r.t. pred
+// and (if target_grad, else an empty tensor) target.
+std::tuple<at::Tensor, at::Tensor> iou_loss_backward(const at::Tensor& pred_in, const at::Tensor& target_in,
+                                                     const std::optional<at::Tensor>& grad_loss_in,
+                                                     const std::optional<at::Tensor>& grad_iou_in, c10::string_view kind_name,
+                                                     double eps, bool alpha_gate, bool paper_grad, double siou_theta,
+                                                     bool target_grad) {
+  check_pair(pred_in, target_in);
+  const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
+  int64_t kind = iou_kind_id(kind_name);
+  if (kind == SIOU && siou_theta == 4.0) kind = SIOU4;
   const int64_t n = pred.size(0);
+  const at::Tensor grad_loss = as_grad(grad_loss_in, pred, n, "detloss::iou_loss_backward");
+  const at::Tensor grad_iou = as_grad(grad_iou_in, pred, n, "detloss::iou_loss_backward");
   at::Tensor dp = at::empty_like(pred);
-  at::Tensor dt = need_target ? at::empty_like(target) : at::Tensor();
+  at::Tensor dt = target_grad ? at::empty_like(target) : at::empty({0}, pred.options());
   int64_t sl = 0, si = 0;
-  const void* gl = grad_ptr(grad_loss, n, sl);
-  const void* gi = grad_ptr(grad_iou, n, si);
-  const IoUOptions o{eps, gate, paper, theta};
-  AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "detloss_iou_backward", [&] {
-    TORCH_CHECK(!gl || grad_loss.scalar_type() == pred.scalar_type(), "detloss native kernel: gradient dtype");
-    TORCH_CHECK(!gi || grad_iou.scalar_type() == pred.scalar_type(), "detloss native kernel: gradient dtype");
+  const void* gl = grad_ptr(grad_loss, sl);
+  const void* gi = grad_ptr(grad_iou, si);
+  const IoUOptions o{eps, alpha_gate, paper_grad, siou_theta};
+  AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "detloss_iou_loss_backward", [&] {
     with_iou_kind(kind, [&](auto k) {
-      with_flag(need_target, [&](auto gt) {
+      with_flag(target_grad, [&](auto gt) {
         iou_backward_loop<scalar_t, decltype(k)::value, decltype(gt)::value>(
             pred.data_ptr<scalar_t>(), target.data_ptr<scalar_t>(), static_cast<const scalar_t*>(gl), sl,
             static_cast<const scalar_t*>(gi), si, dp.data_ptr<scalar_t>(),
-            need_target ? dt.data_ptr<scalar_t>() : nullptr, n, o);
+            target_grad ? dt.data_ptr<scalar_t>() : nullptr, n, o);
       });
     });
   });
@@ -535,8 +565,9 @@ DETLOSS_INLINE void binary_elem(T x, T y, const T alpha, const T gamma, const bo
   }
   L = ce * w;
   if (!GRAD) return;
-  // dce/dx = p - y, dce/dy = -x, dp/dx = p q
-  dx = g * ((p - y) * w + ce * dw_dp * (p * q));
+  // dce/dx = p - y = (1 - y) p - y q (exact -q for y = 1, where p - 1 rounds to 0), dce/dy = -x,
+  // dp/dx = p q
+  dx = g * (((T(1) - y) * p - y * q) * w + ce * dw_dp * (p * q));
   dy = g * (-x * w + ce * dw_dy);
 }
 
@@ -602,20 +633,38 @@ void with_binary_kind(int64_t kind, double gamma, F&& f) {
   }
 }
 
-void check_elems(const at::Tensor& x, const at::Tensor& y) {
-  TORCH_CHECK(x.device().is_cpu() && y.device().is_cpu(), "detloss native kernel: CPU tensors only");
-  TORCH_CHECK(x.is_contiguous() && y.is_contiguous() && x.sizes() == y.sizes(), "detloss native kernel: same shapes");
-  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "detloss native kernel: one dtype");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "detloss native kernel: float32/64");
+int64_t binary_kind_id(c10::string_view kind) {
+  if (kind == "bce") return BCE;
+  if (kind == "focal") return FOCAL;
+  if (kind == "quality") return QUALITY;
+  if (kind == "varifocal") return VARIFOCAL;
+  TORCH_CHECK(false, "detloss::binary_loss: kind must be one of bce, focal, quality, varifocal, got ", kind);
 }
 
-at::Tensor binary_forward(const at::Tensor& x, const at::Tensor& y, int64_t kind, double alpha, bool has_alpha,
-                          double gamma) {
-  check_elems(x, y);
+void check_elems(const at::Tensor& x, const at::Tensor& y, double gamma) {
+  TORCH_CHECK(x.device().is_cpu() && y.device().is_cpu(), "detloss::binary_loss (native kernel): CPU tensors only");
+  TORCH_CHECK(x.sizes() == y.sizes(), "detloss::binary_loss: logits and target of one shape");
+  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "detloss::binary_loss: logits and target of one dtype");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "detloss::binary_loss: float32 or float64");
+  TORCH_CHECK(gamma == 0.0 || gamma >= 1.0, "detloss::binary_loss: gamma must be 0 or >= 1, got ", gamma);
+}
+
+// alpha absent: no alpha_t factor for focal; varifocal's default 0.75.
+BinaryOptions binary_options(int64_t kind, const std::optional<double>& alpha, double gamma) {
+  const double a = alpha.has_value() ? *alpha : (kind == VARIFOCAL ? 0.75 : 1.0);
+  return BinaryOptions{a, alpha.has_value(), gamma};
+}
+
+// detloss::binary_loss, CPU: the elementwise loss of logits and targets of one shape.
+at::Tensor binary_loss(const at::Tensor& x_in, const at::Tensor& y_in, c10::string_view kind_name,
+                       std::optional<double> alpha, double gamma) {
+  check_elems(x_in, y_in, gamma);
+  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
+  const int64_t kind = binary_kind_id(kind_name);
   at::Tensor out = at::empty_like(x);
   const int64_t n = x.numel();
-  const BinaryOptions o{alpha, has_alpha, gamma};
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "detloss_binary_forward", [&] {
+  const BinaryOptions o = binary_options(kind, alpha, gamma);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "detloss_binary_loss", [&] {
     with_binary_kind(kind, gamma, [&](auto k, auto g2) {
       binary_forward_loop<scalar_t, decltype(k)::value, decltype(g2)::value>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
                                                         out.data_ptr<scalar_t>(), n, o);
@@ -624,34 +673,116 @@ at::Tensor binary_forward(const at::Tensor& x, const at::Tensor& y, int64_t kind
   return out;
 }
 
-// grad: the upstream gradient, flattened (stride 0 for an expanded scalar).
-std::vector<at::Tensor> binary_backward(const at::Tensor& x, const at::Tensor& y, const at::Tensor& grad,
-                                        int64_t kind, double alpha, bool has_alpha, double gamma, bool need_target) {
-  check_elems(x, y);
+// detloss::binary_loss_backward, CPU: gradients of sum(grad * loss) w.r.t. logits and (if
+// target_grad, else an empty tensor) target.
+std::tuple<at::Tensor, at::Tensor> binary_loss_backward(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& grad_in,
+                                                        c10::string_view kind_name, std::optional<double> alpha, double gamma,
+                                                        bool target_grad) {
+  check_elems(x_in, y_in, gamma);
+  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
+  const int64_t kind = binary_kind_id(kind_name);
   const int64_t n = x.numel();
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == n && grad.scalar_type() == x.scalar_type(),
-              "detloss native kernel: gradient of shape (numel,)");
+  const at::Tensor grad = as_grad(grad_in, x, n, "detloss::binary_loss_backward");
   at::Tensor gx = at::empty_like(x);
-  at::Tensor gy = need_target ? at::empty_like(y) : at::Tensor();
-  const int64_t sg = grad.stride(0);
-  const BinaryOptions o{alpha, has_alpha, gamma};
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "detloss_binary_backward", [&] {
+  at::Tensor gy = target_grad ? at::empty_like(y) : at::empty({0}, x.options());
+  int64_t sg = 0;
+  const void* g = grad_ptr(grad, sg);
+  const BinaryOptions o = binary_options(kind, alpha, gamma);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "detloss_binary_loss_backward", [&] {
     with_binary_kind(kind, gamma, [&](auto k, auto g2) {
-      with_flag(need_target, [&](auto gy_needed) {
+      with_flag(target_grad, [&](auto gy_needed) {
         binary_backward_loop<scalar_t, decltype(k)::value, decltype(g2)::value, decltype(gy_needed)::value>(
-            x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), sg, gx.data_ptr<scalar_t>(),
-            need_target ? gy.data_ptr<scalar_t>() : nullptr, n, o);
+            x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), static_cast<const scalar_t*>(g), sg, gx.data_ptr<scalar_t>(),
+            target_grad ? gy.data_ptr<scalar_t>() : nullptr, n, o);
       });
     });
   });
   return {gx, gy};
 }
 
+// ---------------------------------------------------------------- autograd, for every operator
+// Every detloss operator `name(pred, target, options...) -> outputs` has a backward operator
+// `name_backward(pred, target, one gradient per output (None if absent), options..., bool
+// target_grad) -> (grad_pred, grad_target)`. This one boxed kernel is the CPU autograd of all of
+// them: it saves the two inputs and the options, and calls the backward operator through the
+// dispatcher. detloss._fused.ops states the same rule in Python for the other devices.
+class PairFunction : public torch::autograd::Function<PairFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& pred,
+                                                const at::Tensor& target, std::vector<c10::IValue> options,
+                                                const c10::OperatorHandle* op) {
+    ctx->set_materialize_grads(false);
+    torch::jit::Stack stack;
+    stack.reserve(2 + options.size());
+    stack.emplace_back(pred);
+    stack.emplace_back(target);
+    c10::impl::GenericList saved(c10::AnyType::get());
+    for (const c10::IValue& v : options) {
+      stack.push_back(v);
+      saved.push_back(v);
+    }
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      op->callBoxed(&stack);
+    }
+    ctx->save_for_backward({pred, target});
+    ctx->saved_data["options"] = std::move(saved);
+    ctx->saved_data["backward"] = op->schema().name() + "_backward";
+    torch::autograd::variable_list outputs;
+    outputs.reserve(stack.size());
+    for (c10::IValue& v : stack) outputs.push_back(std::move(v).toTensor());
+    return outputs;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list result(4);  // pred, target, options, op
+    const bool need_pred = ctx->needs_input_grad(0), need_target = ctx->needs_input_grad(1);
+    bool any = false;
+    for (const at::Tensor& g : grads) any = any || g.defined();
+    if (!any || !(need_pred || need_target)) return result;
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const c10::OperatorHandle backward_op =
+        c10::Dispatcher::singleton().findSchemaOrThrow(ctx->saved_data["backward"].toStringRef().c_str(), "");
+    torch::jit::Stack stack;
+    stack.emplace_back(saved[0]);
+    stack.emplace_back(saved[1]);
+    for (const at::Tensor& g : grads) stack.emplace_back(g.defined() ? c10::IValue(g) : c10::IValue());
+    const c10::List<c10::IValue> options = ctx->saved_data["options"].toList();
+    for (size_t i = 0; i < options.size(); ++i) stack.push_back(options.get(i));
+    stack.emplace_back(need_target);
+    backward_op.callBoxed(&stack);
+    if (need_pred) result[0] = stack[0].toTensor();
+    if (need_target) result[1] = stack[1].toTensor();
+    return result;
+  }
+};
+
+void pair_autograd(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const size_t n_args = op.schema().arguments().size();
+  std::vector<c10::IValue> args = torch::jit::pop(*stack, n_args);
+  const at::Tensor pred = args[0].toTensor(), target = args[1].toTensor();
+  std::vector<c10::IValue> options(std::make_move_iterator(args.begin() + 2), std::make_move_iterator(args.end()));
+  torch::autograd::variable_list outputs = PairFunction::apply(pred, target, std::move(options), &op);
+  for (at::Tensor& t : outputs) stack->emplace_back(std::move(t));
+}
+
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("iou_forward", &iou_forward, "IoU family: (1 - similarity, iou) of aligned (N, 4) xyxy pairs");
-  m.def("iou_backward", &iou_backward, "IoU family: analytic gradients w.r.t. pred (and target)");
-  m.def("binary_forward", &binary_forward, "binary classification family: elementwise loss");
-  m.def("binary_backward", &binary_backward, "binary classification family: analytic gradients");
+// The schemas are defined in Python (detloss._fused.ops) before this library is loaded; adding an
+// operator here is one m.impl line for each of its two operators in each block.
+TORCH_LIBRARY_IMPL(detloss, CPU, m) {
+  m.impl("iou_loss", &iou_loss);
+  m.impl("iou_loss_backward", &iou_loss_backward);
+  m.impl("binary_loss", &binary_loss);
+  m.impl("binary_loss_backward", &binary_loss_backward);
+}
+
+// The backward operators are differentiable once: a double backward through them raises
+// "derivative for detloss::..._backward is not implemented" (the reference backend has them).
+TORCH_LIBRARY_IMPL(detloss, AutogradCPU, m) {
+  m.impl("iou_loss", torch::CppFunction::makeFromBoxedFunction<&pair_autograd>());
+  m.impl("iou_loss_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("binary_loss", torch::CppFunction::makeFromBoxedFunction<&pair_autograd>());
+  m.impl("binary_loss_backward", torch::autograd::autogradNotImplementedFallback());
 }

@@ -1,54 +1,107 @@
-"""Build and load the C++ kernel (``kernels.cpp``) once, on first use, into the user's cache.
+"""Build the C++ kernel (``kernels.cpp``) once per machine and load it into the dispatcher.
 
-``torch.utils.cpp_extension.load`` compiles it with ninja into ``TORCH_EXTENSIONS_DIR``
-(default ``~/.cache/torch_extensions``) under a name that carries a hash of the source, the
-torch version and the CPU's instruction set, so a changed kernel or another machine gets its
-own build and an unchanged one is loaded in well under a second. The first build prints one
-line to stderr. Without a compiler (or ninja) the build is not attempted, and on any build
-error ``module()`` returns ``None``: the losses then run the reference path (see
-:mod:`detloss._backend`), with no error.
+Loading the library registers the CPU kernels and the CPU autograd of the operators that
+:mod:`detloss._fused.ops` defines (``torch.ops.detloss.*``); until then, or where it cannot be
+built, those operators run their pure-torch kernels.
+
+The library lives in ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) in a
+folder named by a hash of exactly what the binary depends on: the source, the compiler flags,
+the torch and Python versions and the CPU it was built for (``-march=native``). Nothing else
+enters the name, so a different ``ninja`` or ``PATH`` finds the same build. A library that is
+there is loaded directly (``torch.ops.load_library``: no compiler, no ninja, no rebuild); one
+that is not is built under a lock file in that folder, so that of several processes that start
+together (test workers, data-loader workers, ranks) one builds, says so once on stderr with how
+long it took, and the others wait and load it. ``DETLOSS_BACKEND=reference`` never builds.
+Without a compiler or ninja the build is not attempted, and a build error is reported once:
+the losses then run the reference path, with no error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import sys
 import sysconfig
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
-__all__ = ["available", "extension_name", "failure", "module", "source_path"]
+__all__ = [
+    "FLAG_SETS",
+    "available",
+    "build_root",
+    "extension_name",
+    "failure",
+    "library_path",
+    "load",
+    "source_path",
+    "tried",
+]
 
 _SOURCE = Path(__file__).with_name("kernels.cpp")
 # (compile flags, link flags), tried in order. OpenMP is what makes at::parallel_for use
 # threads inside the kernel: without -fopenmp the ATen header runs the loop on one thread.
 # A compiler without OpenMP (Apple clang) gets the single-threaded SIMD build. Never -ffast-math.
-_FLAG_SETS: tuple[tuple[list[str], list[str]], ...] = (
-    (["-O3", "-march=native", "-fopenmp", "-std=c++17"], ["-fopenmp"]),
-    (["-O3", "-march=native", "-fopenmp-simd", "-std=c++17"], []),
+# Tuples: torch's build appends its own link flags to the lists it is given. No -std flag:
+# torch's build passes the language level its headers need (C++20 from torch 2.14 on; a
+# -std=c++17 after it made every build with those headers fail).
+FLAG_SETS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("-O3", "-march=native", "-fopenmp"), ("-fopenmp",)),
+    (("-O3", "-march=native", "-fopenmp-simd"), ()),
 )
+SKIP_HINT = "set DETLOSS_BACKEND=reference to skip it"
 _lock = threading.Lock()
-_state: dict[str, object] = {"tried": False, "module": None, "failure": None}
+_state: dict[str, object] = {"tried": False, "path": None, "failure": None}
 
 
 def source_path() -> Path:
     return _SOURCE
 
 
+def _cpu_identity() -> str:
+    """What ``-march=native`` compiles for: torch's SIMD level, the architecture and, on Linux,
+    the CPU model and feature flags."""
+    parts = [torch.backends.cpu.get_cpu_capability(), platform.machine()]
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags", "Features", "CPU part") and line.strip() not in parts:
+                    parts.append(line.strip())
+                if not line.strip():  # the first processor is enough
+                    break
+    except OSError:
+        pass
+    return "\n".join(parts)
+
+
 def extension_name(flag_set: int = 0) -> str:
-    """``detloss_fused_<hash>`` of the build with ``_FLAG_SETS[flag_set]``: the hash covers
-    source, flags, torch version and CPU level."""
-    cflags, ldflags = _FLAG_SETS[flag_set]
+    """``detloss_fused_<hash>`` of the build with ``FLAG_SETS[flag_set]``: the hash covers the
+    source, the flags, the torch and Python versions and the CPU, and nothing else."""
+    cflags, ldflags = FLAG_SETS[flag_set]
     digest = hashlib.sha256(_SOURCE.read_bytes())
-    digest.update(" ".join(cflags + ldflags).encode())
-    digest.update(torch.__version__.encode())
-    digest.update(torch.backends.cpu.get_cpu_capability().encode())
+    for part in (" ".join(cflags + ldflags), torch.__version__, sys.version.split()[0], _cpu_identity()):
+        digest.update(b"\0" + part.encode())
     return "detloss_fused_" + digest.hexdigest()[:12]
+
+
+def build_root() -> Path:
+    """``TORCH_EXTENSIONS_DIR``, else torch's default folder for built extensions."""
+    from torch.utils import cpp_extension
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
+
+
+def _library_file(build_dir: Path, name: str) -> Path:
+    from torch.utils import cpp_extension
+
+    return build_dir / f"{name}{getattr(cpp_extension, 'LIB_EXT', '.so')}"
 
 
 def _find_ninja() -> None:
@@ -74,7 +127,6 @@ def _why_not() -> str | None:
     from torch.utils import cpp_extension
 
     _find_ninja()
-
     if not _SOURCE.is_file():
         return f"{_SOURCE.name} is missing"
     compiler = os.environ.get("CXX", "c++")
@@ -85,61 +137,119 @@ def _why_not() -> str | None:
     return None
 
 
-def _build() -> ModuleType:
-    """Build with the first flag set that works; a set that failed once here is not retried."""
+@contextmanager
+def _machine_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` across processes (released when the process ends, even if
+    killed); where the platform has no ``fcntl``, no lock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: torch's own build baton still serialises the compile
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _compile(name: str, build_dir: Path, cflags: tuple[str, ...], ldflags: tuple[str, ...]) -> Path:
+    """Build and load the library, saying so on one line with how long it took."""
     from torch.utils import cpp_extension
 
-    names = [extension_name(i) for i in range(len(_FLAG_SETS))]
-    root = Path(cpp_extension._get_build_directory(names[0], verbose=False)).parent
-    dirs = [root / name for name in names]
-    for stale in root.glob("detloss_fused_*"):  # builds of older sources or flags
-        if stale not in dirs and stale.is_dir():
+    print(
+        f"detloss: building the native CPU kernel, once for this machine ({SKIP_HINT}) into {build_dir} ...",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+    start = time.perf_counter()
+    try:
+        path = cpp_extension.load(
+            name=name,
+            sources=[str(_SOURCE)],
+            extra_cflags=list(cflags),
+            extra_ldflags=list(ldflags),
+            build_directory=str(build_dir),
+            verbose=False,
+            is_python_module=False,
+        )
+    except BaseException:
+        print(f" failed after {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        raise
+    print(f" built in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return Path(str(path))
+
+
+def _remove_stale(root: Path, keep: set[str]) -> None:
+    """Delete builds of older sources, flags or torch versions (``detloss_fused_*`` not in ``keep``)."""
+    for stale in root.glob("detloss_fused_*"):
+        if stale.name.split(".")[0] in keep:
+            continue
+        if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
-    error: Exception | None = None
-    for (cflags, ldflags), name, build_dir in zip(_FLAG_SETS, names, dirs):
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def load() -> Path:
+    """Load the library, building it first if this machine has none: the first flag set that
+    builds; a set that failed once (``FAILED`` in its folder) is not retried. Returns its path."""
+    root = build_root()
+    names = [extension_name(i) for i in range(len(FLAG_SETS))]
+    error: BaseException | None = None
+    for (cflags, ldflags), name in zip(FLAG_SETS, names):
+        build_dir = root / name
         failed = build_dir / "FAILED"
         if failed.exists():
             continue
-        build_dir.mkdir(parents=True, exist_ok=True)
-        if not any(build_dir.glob(f"{name}*.so")):
-            notice = f"detloss: compiling the native kernel once (about a minute) into {build_dir}"
-            print(notice, file=sys.stderr, flush=True)
-        try:
-            return cpp_extension.load(
-                name=name,
-                sources=[str(_SOURCE)],
-                extra_cflags=cflags,
-                extra_ldflags=ldflags,
-                build_directory=str(build_dir),
-                verbose=False,
-            )
-        except Exception as exc:  # e.g. no OpenMP: try the next flag set
-            error = exc
-            failed.write_text(str(exc))
+        with _machine_lock(root / f"{name}.lock"):
+            library = _library_file(build_dir, name)
+            if library.is_file():
+                try:
+                    torch.ops.load_library(str(library))
+                    return library
+                except OSError:  # truncated by an interrupted build: build it again
+                    library.unlink(missing_ok=True)
+            _remove_stale(root, set(names))
+            build_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                return _compile(name, build_dir, cflags, ldflags)
+            except Exception as exc:  # e.g. no OpenMP: try the next flag set
+                error = exc
+                failed.write_text(str(exc))
     raise error if error is not None else RuntimeError(f"every build failed before (see {root}/*/FAILED)")
 
 
-def module() -> ModuleType | None:
-    """The compiled kernel module, building it on the first call; ``None`` if it cannot be had."""
+def library_path() -> Path | None:
+    """The loaded library, loading (or building) it on the first call; ``None`` if it cannot be had."""
     if _state["tried"]:
-        return _state["module"]  # type: ignore[return-value]
+        return _state["path"]  # type: ignore[return-value]
     with _lock:
         if not _state["tried"]:
             reason = _why_not()
             if reason is None:
                 try:
-                    _state["module"] = _build()
+                    _state["path"] = load()
                 except Exception as exc:  # a failed build means "run the reference path"
-                    reason = f"build failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}"
+                    text = str(exc).strip()
+                    reason = f"build failed: {text.splitlines()[-1] if text else repr(exc)}"
                     print(f"detloss: native kernel unavailable ({reason}); using the reference path", file=sys.stderr)
             _state["failure"] = reason
             _state["tried"] = True
-    return _state["module"]  # type: ignore[return-value]
+    return _state["path"]  # type: ignore[return-value]
 
 
 def available() -> bool:
     """Whether the native kernel is (or can be) loaded; builds it if needed."""
-    return module() is not None
+    return library_path() is not None
+
+
+def tried() -> bool:
+    """Whether loading was attempted in this process (``available`` has answered)."""
+    return bool(_state["tried"])
 
 
 def failure() -> str | None:

@@ -9,15 +9,12 @@ subgradients it takes at kinks: ``clamp(min=0)`` passes the gradient at 0, ``min
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from detloss.boxes.iou import box_similarity
+from detloss.boxes.iou import FOUR_OVER_PI2, box_similarity, ciou_gate, extent
 
 __all__ = ["binary_backward", "binary_forward", "iou_backward", "iou_forward"]
 
-_FOUR_OVER_PI2 = 4.0 / math.pi**2
 Tensor = torch.Tensor
 
 
@@ -30,12 +27,6 @@ def iou_forward(p: Tensor, t: Tensor, kind: str, eps: float, gate: bool, theta: 
 def _pass(v: Tensor) -> Tensor:
     """Gradient of ``clamp(min=0)``: 1 where ``v >= 0``."""
     return (v >= 0).to(v.dtype)
-
-
-def _extent(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """``(lo, hi)`` sorted by ``hi >= lo``, as :mod:`detloss.boxes.iou` orders an inverted side."""
-    valid = hi >= lo
-    return torch.where(valid, lo, hi), torch.where(valid, hi, lo)
 
 
 def _first_of_min(a: Tensor, b: Tensor) -> Tensor:
@@ -71,15 +62,16 @@ def iou_backward(
     ihr = torch.minimum(py2, ty2) - torch.maximum(py1, ty1)
     iw, ih = iwr.clamp(min=0), ihr.clamp(min=0)
     inter = iw * ih
-    union = pw * ph + tw * th - inter + eps
+    union_area = pw * ph + tw * th - inter
+    union = union_area + eps
     iou = inter / union
     g_union = zero
     g_inter = zero
     g_pw = g_ph = g_tw = g_th = g_cw = g_ch = g_dx = g_dy = zero
     cw = ch = zero
     if kind != "iou":  # enclosing box over each box's extent (an inverted side's corners sorted)
-        (pl, pr), (tl, tr) = _extent(px1, px2), _extent(tx1, tx2)
-        (pt, pb), (tt, tb) = _extent(py1, py2), _extent(ty1, ty2)
+        (pl, pr), (tl, tr) = extent(px1, px2), extent(tx1, tx2)
+        (pt, pb), (tt, tb) = extent(py1, py2), extent(ty1, ty2)
         cw = torch.maximum(pr, tr) - torch.minimum(pl, tl)
         ch = torch.maximum(pb, tb) - torch.minimum(pt, tt)
     if kind in ("diou", "ciou", "eiou", "siou"):
@@ -111,14 +103,14 @@ def iou_backward(
         elif kind == "ciou":
             yp, xp, yt, xt = pw + eps, ph + eps, tw + eps, th + eps
             d_angle = torch.atan2(yt, xt) - torch.atan2(yp, xp)
-            v = _FOUR_OVER_PI2 * d_angle**2
+            v = FOUR_OVER_PI2 * d_angle**2
             alpha = v / (1 - iou + v + eps)
             if gate:
-                alpha = torch.where(iou >= 0.5, alpha, torch.zeros_like(alpha))
+                alpha = torch.where(ciou_gate(inter, union_area), alpha, torch.zeros_like(alpha))
             g_v = -g_s * alpha
             if paper:
                 g_v = g_v * (pw * pw + ph * ph)
-            g_d = g_v * (2.0 * _FOUR_OVER_PI2) * d_angle
+            g_d = g_v * (2.0 * FOUR_OVER_PI2) * d_angle
             rp, rt = xp * xp + yp * yp, xt * xt + yt * yt
             g_pw, g_ph = -g_d * xp / rp, g_d * yp / rp
             g_tw, g_th = g_d * xt / rt, -g_d * yt / rt
@@ -250,6 +242,8 @@ def binary_backward(
 ) -> tuple[Tensor, Tensor]:
     p, q, ce = _bce_terms(x, y)
     w, w_p, w_y = _weight(y, p, q, kind, alpha, gamma)
-    gx = grad * ((p - y) * w + ce * w_p * (p * q))
+    # dce/dx = p - y, written (1 - y) p - y q: for y = 1 it is -q = -sigmoid(-x) exactly, where
+    # p - 1 rounds to 0 (logit 40 in float64: -4.25e-18, not 0)
+    gx = grad * (((1 - y) * p - y * q) * w + ce * w_p * (p * q))
     gy = grad * (-x * w + ce * w_y)
     return gx, gy

@@ -1,4 +1,4 @@
-"""The R-CNN box-delta encoding (seed 003, section 3.1)."""
+"""The R-CNN box-delta encoding (Girshick et al., CVPR 2014, appendix C)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ class BoxCoder:
     ``t_w / w_w`` and ``t_h / w_h`` at ``scale_clamp`` (``log(1000/16)``) so that huge deltas
     give large but finite boxes. ``encode`` needs positive widths and heights; degenerate
     ones are floored at ``eps`` so the logarithm stays finite.
+
+    Args:
+        weights: ``(w_x, w_y, w_w, w_h)``, four positive numbers.
+        scale_clamp: the largest ``t_w / w_w`` and ``t_h / w_h`` that ``decode`` exponentiates.
+        eps: the smallest width and height ``encode`` takes a logarithm of.
 
     Example:
         >>> coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
@@ -65,7 +70,15 @@ class BoxCoder:
         return x1 + 0.5 * w, y1 + 0.5 * h, w, h
 
     def encode(self, proposals: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        """Deltas ``(..., 4)`` that move ``proposals`` onto ``gt`` (both ``xyxy``)."""
+        """Deltas ``(..., 4)`` that move ``proposals`` onto ``gt`` (both ``xyxy``).
+
+        Args:
+            proposals: the reference boxes (anchors, proposals), ``xyxy``.
+            gt: the ground-truth boxes to encode, ``xyxy``, ``proposals``'s shape.
+
+        Shape:
+            - proposals, gt: ``(*, 4)``; output: ``(*, 4)``, ``(t_x, t_y, t_w, t_h)``.
+        """
         check_boxes("BoxCoder.encode", "proposals", proposals)
         check_boxes("BoxCoder.encode", "gt", gt)
         check_same_shape("BoxCoder.encode", "proposals", proposals, "gt", gt)
@@ -77,7 +90,15 @@ class BoxCoder:
         )
 
     def decode(self, proposals: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
-        """Boxes ``(..., 4)`` in ``xyxy`` obtained by applying ``deltas`` to ``proposals``."""
+        """Boxes ``(..., 4)`` in ``xyxy`` obtained by applying ``deltas`` to ``proposals``.
+
+        Args:
+            proposals: the reference boxes, ``xyxy``.
+            deltas: ``(t_x, t_y, t_w, t_h)``, ``proposals``'s shape.
+
+        Shape:
+            - proposals, deltas: ``(*, 4)``; output: ``(*, 4)`` ``xyxy``.
+        """
         check_boxes("BoxCoder.decode", "proposals", proposals)
         check_boxes("BoxCoder.decode", "deltas", deltas)
         check_same_shape("BoxCoder.decode", "proposals", proposals, "deltas", deltas)

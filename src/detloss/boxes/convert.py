@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 
 from detloss._checks import check_boxes, check_choice
@@ -9,7 +11,8 @@ from detloss._typing import BoxFormat
 
 __all__ = ["BOX_FORMATS", "area", "convert", "to_xyxy"]
 
-BOX_FORMATS: tuple[str, ...] = ("xyxy", "xywh", "cxcywh")
+#: The box layouts, read from the type :data:`detloss._typing.BoxFormat`.
+BOX_FORMATS: tuple[str, ...] = get_args(BoxFormat)
 
 
 def to_xyxy(boxes: torch.Tensor, box_format: str) -> torch.Tensor:
@@ -35,8 +38,16 @@ def convert(boxes: torch.Tensor, in_fmt: BoxFormat, out_fmt: BoxFormat) -> torch
     """Convert boxes of shape ``(..., 4)`` between formats.
 
     - ``"xyxy"``: ``(x1, y1, x2, y2)``, corners, ``x1 <= x2`` and ``y1 <= y2`` for a valid box;
-    - ``"xywh"``: ``(left, top, width, height)``, the format of seed 004 and of COCO json;
+    - ``"xywh"``: ``(left, top, width, height)``, the format of COCO json (torchvision's ``xywh``);
     - ``"cxcywh"``: ``(centre x, centre y, width, height)``, the format of YOLO.
+
+    Args:
+        boxes: boxes, floating, the last dimension the four numbers of ``in_fmt``.
+        in_fmt: their format: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
+        out_fmt: the format returned (a copy when it is ``in_fmt``).
+
+    Shape:
+        - boxes: ``(*, 4)``; output: ``(*, 4)``.
 
     Example:
         >>> convert(torch.tensor([120.0, 80.0, 200.0, 150.0]), "xywh", "xyxy")
@@ -54,6 +65,13 @@ def convert(boxes: torch.Tensor, in_fmt: BoxFormat, out_fmt: BoxFormat) -> torch
 
 def area(boxes: torch.Tensor, box_format: BoxFormat = "xyxy") -> torch.Tensor:
     """Area of boxes of shape ``(..., 4)``; an inverted side counts as 0 (never negative).
+
+    Args:
+        boxes: boxes in ``box_format``, floating.
+        box_format: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
+
+    Shape:
+        - boxes: ``(*, 4)``; output: ``(*)``.
 
     Example:
         >>> area(torch.tensor([[0.0, 0.0, 4.0, 2.0], [3.0, 3.0, 1.0, 5.0]]))

@@ -14,21 +14,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
-from detloss._checks import check_boxes, check_choice, check_range, check_same_device, upcast
+from detloss._checks import check_boxes, check_broadcasts_with, check_choice, check_range, check_same_device, upcast
 from detloss._typing import BoxFormat, IoUKind
 from detloss.boxes.convert import BOX_FORMATS, to_xyxy
 from detloss.errors import DetLossError
 
-__all__ = ["IOU_KINDS", "aligned_iou", "box_similarity", "pairwise_blocks", "pairwise_iou", "prepare_pair"]
+__all__ = [
+    "FOUR_OVER_PI2",
+    "IOU_KINDS",
+    "aligned_iou",
+    "box_similarity",
+    "ciou_gate",
+    "extent",
+    "pairwise_blocks",
+    "pairwise_iou",
+    "prepare_pair",
+]
 
-IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou")
+#: The kinds of :func:`aligned_iou` and :func:`pairwise_iou`: the one list, read from the type.
+IOU_KINDS: tuple[str, ...] = get_args(IoUKind)
+#: What :func:`box_similarity` computes: the public kinds and Wise-IoU v1's similarity.
+_KERNEL_KINDS: tuple[str, ...] = (*IOU_KINDS, "wiou")
 #: Elements of one pairwise block (rows x columns): bounds the memory of ``pairwise_iou``.
 PAIRWISE_BLOCK = 1 << 22
-_FOUR_OVER_PI2 = 4.0 / math.pi**2
+#: CIoU's constant in ``v = 4 / pi^2 (atan(w_t / h_t) - atan(w / h))^2``.
+FOUR_OVER_PI2 = 4.0 / math.pi**2
 
 AspectGrad = Literal["exact", "paper"]
 
@@ -39,10 +53,23 @@ def aspect_angle(w: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.atan2(w + eps, h + eps)
 
 
-def _extent(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def extent(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(lo, hi)`` sorted, choosing by ``hi >= lo`` so a valid side keeps its gradients."""
     valid = hi >= lo
     return torch.where(valid, lo, hi), torch.where(valid, hi, lo)
+
+
+def ciou_gate(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """Where the journal CIoU keeps its aspect term: ``IoU >= 0.5``, decided as ``2 I >= U > 0``.
+
+    ``inter`` and ``union`` are the areas WITHOUT the ``eps`` that the IoU's denominator
+    carries: that ``eps`` is lost to rounding in float32 but not in float64, so deciding on
+    ``I / (U + eps)`` would put a pair with IoU exactly 0.5 on different sides in different
+    dtypes. Doubling is exact, so the decision is exact for the computed areas (and the same
+    in every dtype whenever the areas are, e.g. for integer coordinates). ``I > 0`` keeps two
+    empty boxes (``I = U = 0``, IoU 0) out.
+    """
+    return (2 * inter >= union) & (inter > 0)
 
 
 def box_similarity(
@@ -65,7 +92,8 @@ def box_similarity(
     - ``diou``: ``iou - rho^2 / (c^2 + eps)`` (Zheng et al., AAAI 2020, Eq. 6)
     - ``ciou``: ``diou - alpha v``, ``v = 4/pi^2 (atan(w_t/h_t) - atan(w/h))^2``,
       ``alpha = v / (1 - iou + v + eps)`` without gradient (AAAI 2020, Eqs. 8-11);
-      ``alpha_gate`` zeroes alpha where ``iou < 0.5`` (journal version, arXiv 2005.03572);
+      ``alpha_gate`` zeroes alpha where ``IoU < 0.5`` (journal version, arXiv 2005.03572),
+      decided by :func:`ciou_gate` on the areas without ``eps``;
       ``aspect_grad="paper"`` scales the gradient of ``v`` by ``w^2 + h^2`` (the paper's
       replacement of ``1/(w^2 + h^2)`` by 1)
     - ``eiou``: ``diou - (w - w_t)^2 / (C_w^2 + eps) - (h - h_t)^2 / (C_h^2 + eps)``
@@ -75,7 +103,20 @@ def box_similarity(
       ``Omega = sum_t (1 - exp(-|w - w_t| / max(w, w_t)))^theta`` (Gevorgyan, arXiv 2205.12740)
     - ``wiou`` (for ``wiou_loss`` only, not in ``IOU_KINDS``): ``1 - R (1 - iou)``,
       ``R = exp(rho^2 / c^2*)`` with ``c^2`` detached (Wise-IoU v1, Tong et al., arXiv 2301.10051)
+
+    Args:
+        pred: ``xyxy`` boxes, float32 or float64.
+        target: ``xyxy`` boxes of ``pred``'s dtype, broadcasting with it.
+        kind: one of ``IOU_KINDS`` or ``"wiou"``; anything else raises.
+        eps: added to the denominators.
+        alpha_gate: CIoU's journal gate (:func:`ciou_gate`).
+        aspect_grad: CIoU's gradient of ``v``: ``"exact"`` or ``"paper"``.
+        siou_theta: SIoU's shape exponent.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting; both outputs: ``(*)``.
     """
+    check_choice("box_similarity", "kind", kind, _KERNEL_KINDS)
     px1, py1, px2, py2 = pred.unbind(-1)
     tx1, ty1, tx2, ty2 = target.unbind(-1)
     pw, ph = (px2 - px1).clamp(min=0), (py2 - py1).clamp(min=0)
@@ -83,15 +124,16 @@ def box_similarity(
     iw = (torch.minimum(px2, tx2) - torch.maximum(px1, tx1)).clamp(min=0)
     ih = (torch.minimum(py2, ty2) - torch.maximum(py1, ty1)).clamp(min=0)
     inter = iw * ih
-    union = pw * ph + tw * th - inter + eps
+    union_area = pw * ph + tw * th - inter
+    union = union_area + eps
     iou = inter / union
     if kind == "iou":
         return iou, iou
     # the enclosing box spans each box's extent, an inverted side's too, so that it holds
     # both centres: rho <= c, and every penalty keeps its valid-box bound (WIoU's exp(rho^2 /
     # c^2) <= e, not inf). For valid boxes (x1 <= x2) values and gradients are unchanged.
-    (pl, pr), (tl, tr) = _extent(px1, px2), _extent(tx1, tx2)
-    (pt, pb), (tt, tb) = _extent(py1, py2), _extent(ty1, ty2)
+    (pl, pr), (tl, tr) = extent(px1, px2), extent(tx1, tx2)
+    (pt, pb), (tt, tb) = extent(py1, py2), extent(ty1, ty2)
     cw = torch.maximum(pr, tr) - torch.minimum(pl, tl)
     ch = torch.maximum(pb, tb) - torch.minimum(pt, tt)
     if kind == "giou":
@@ -115,12 +157,12 @@ def box_similarity(
         return diou, iou
     if kind == "eiou":
         return diou - (pw - tw) ** 2 / (cw * cw + eps) - (ph - th) ** 2 / (ch * ch + eps), iou
-    # ciou
-    v = _FOUR_OVER_PI2 * (aspect_angle(tw, th, eps) - aspect_angle(pw, ph, eps)) ** 2
+    # ciou (the kind was checked on entry)
+    v = FOUR_OVER_PI2 * (aspect_angle(tw, th, eps) - aspect_angle(pw, ph, eps)) ** 2
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
         if alpha_gate:
-            alpha = torch.where(iou >= 0.5, alpha, torch.zeros_like(alpha))
+            alpha = torch.where(ciou_gate(inter, union_area), alpha, torch.zeros_like(alpha))
     if aspect_grad == "paper":
         scale = (pw * pw + ph * ph).detach()
         v = v.detach() + scale * (v - v.detach())
@@ -148,12 +190,7 @@ def prepare_pair(
     check_choice(where, "box_format", box_format, BOX_FORMATS)
     check_range(where, "eps", eps, 0.0, 1.0, low_open=True)
     if broadcast:
-        try:
-            torch.broadcast_shapes(pred.shape, target.shape)
-        except RuntimeError:
-            raise DetLossError.bad_argument(
-                where, names[1], f"a shape that broadcasts with `{names[0]}` {tuple(pred.shape)}", tuple(target.shape)
-            ) from None
+        check_broadcasts_with(where, names[0], pred, names[1], target)
     dtype = _compute_dtype(pred, target)
     return to_xyxy(pred.to(dtype), box_format), to_xyxy(target.to(dtype), box_format)
 
@@ -171,7 +208,17 @@ def aligned_iou(
     :func:`box_similarity`). Shapes broadcast. Half-precision inputs are computed and
     returned in float32 (300-pixel boxes overflow float16 areas).
 
-    Example (seed 004's ``ltwh`` boxes, ground truth first):
+    Args:
+        pred: boxes in ``box_format``, floating.
+        target: boxes in ``box_format``, broadcasting with ``pred``.
+        kind: ``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"``, ``"eiou"`` or ``"siou"``.
+        box_format: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
+        eps: in ``(0, 1]``, added to the denominators (union, enclosing box, diagonal).
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting; output: ``(*)``.
+
+    Example (``xywh`` boxes: left, top, width, height):
         >>> gt = torch.tensor([0.0, 0.0, 4.0, 2.0])
         >>> pred = torch.tensor([2.0, 0.0, 4.0, 2.0])
         >>> aligned_iou(pred, gt, "iou", "xywh")  # overlap 2 x 2 = 4, union 8 + 8 - 4 = 12
@@ -199,6 +246,16 @@ def pairwise_iou(
     Entry ``[i, j]`` equals ``aligned_iou(boxes1[i], boxes2[j], kind)``: the same kernel
     runs on blocks of rows, so memory stays bounded (about ``PAIRWISE_BLOCK`` pairs per
     block beyond the ``N x M`` result) for any ``N x M``.
+
+    Args:
+        boxes1: ``N`` boxes in ``box_format``, floating.
+        boxes2: ``M`` boxes in ``box_format``.
+        kind: ``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"``, ``"eiou"`` or ``"siou"``.
+        box_format: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
+        eps: in ``(0, 1]``, added to the denominators.
+
+    Shape:
+        - boxes1: ``(N, 4)``; boxes2: ``(M, 4)``; output: ``(N, M)``.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0]])

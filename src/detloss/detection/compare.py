@@ -1,7 +1,7 @@
 """``detloss compare``: one model per loss setting and seed, everything else fixed; the table.
 
 Like Table 1 of the DIoU paper (YOLOv3 on PASCAL VOC: AP / AP75 for IoU, GIoU, DIoU, CIoU
-losses and CIoU with DIoU-NMS), at the size this machine can run: every pair of a box loss
+losses and CIoU with DIoU-NMS), at a size a CPU trains in minutes: every pair of a box loss
 and an objectness loss is trained with each seed (the seed sets the initial weights, the data
 order and the flips; the data themselves are fixed by ``data_seed``), then evaluated with NMS
 and with DIoU-NMS (same threshold). Each model trains in ``out/runs/<box>-<obj>-seed<k>/``;
@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from detloss import DetLossError
+from detloss.detection.evaluate import as_percent
+from detloss.detection.options import TrainConfig, build_datasets
 from detloss.detection.postprocess import NMS_KINDS
-from detloss.detection.train import TrainConfig, train
+from detloss.detection.train import train
 from detloss.detection.yolo_loss import ALIASES, resolve_loss_name
 from detloss.experiments.runs import atomic_write_text, run_header, save_figure, write_csv, write_json
 
@@ -81,7 +83,15 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
     """The summary as a markdown table, in percent, with the AP gain over the first row with
     the same NMS (the first box and objectness losses given), as the DIoU paper reports
-    gains over its baseline."""
+    gains over its baseline; ``mean ± std`` over seeds (the mean alone for one seed).
+
+    Example:
+        >>> row = {"box_loss": "iou", "obj_loss": "binary_cross_entropy", "nms": "nms", "seeds": 1,
+        ...        "AP_mean": 0.1, "AP_std": 0.0, "AP50_mean": 0.3, "AP50_std": 0.0, "AP75_mean": 0.05,
+        ...        "AP75_std": 0.0, "train_seconds_mean": 12.0}
+        >>> print(markdown_table([row]).splitlines()[2])
+        | iou | bce | NMS | 10.00 | 30.00 | 5.00 | +0.00 | 1 | 12 |
+    """
     lines = [
         "| box loss | obj loss | NMS | AP (%) | AP50 (%) | AP75 (%) | AP vs first | seeds | train s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -90,7 +100,9 @@ def markdown_table(summary: Sequence[Mapping[str, Any]]) -> str:
     for s in summary:
         base = first.setdefault(s["nms"], s["AP_mean"])
         gain = f"{100 * (s['AP_mean'] - base):+.2f}"
-        cells = [f"{100 * s[f'{m}_mean']:.2f} ± {100 * s[f'{m}_std']:.2f}" for m in METRICS]
+        cells = [
+            as_percent(s[f"{m}_mean"]) + (f" ± {as_percent(s[f'{m}_std'])}" if s["seeds"] > 1 else "") for m in METRICS
+        ]
         lines.append(
             f"| {s['box_loss']} | {short(s['obj_loss'])} | {NMS_LABEL.get(s['nms'], s['nms'])} | "
             + " | ".join(cells)
@@ -136,10 +148,21 @@ def _bar_chart(path: Path, summary: Sequence[Mapping[str, Any]]) -> None:
                 ax.set_title(f"{metric} (%), axis from {bottom:.1f}")
     axes[0][0].legend(fontsize=8)
     objs = sorted({short(o) for _, o in settings})
-    fig.suptitle(f"mean ± std over seeds; objectness loss: {', '.join(objs)}", fontsize=9)
+    spread = "mean ± std over seeds" if any(s["seeds"] > 1 for s in summary) else "one seed"
+    fig.suptitle(f"{spread}; objectness loss: {', '.join(objs)}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def _data_text(base: TrainConfig) -> str:
+    size = f"{base.image_size} x {base.image_size}"
+    source = base.data_source()
+    if source == "yolo":
+        return f"the YOLO dataset `{base.data}` (images resized to {size})"
+    if source == "coco":
+        return f"the COCO files `{base.train_json}` and `{base.val_json}` (images resized to {size})"
+    return f"{size} synthetic scenes ({base.train_images} training, {base.val_images} validation images)"
 
 
 def _write(out: Path, base: TrainConfig, rows: list[dict[str, Any]], args: Mapping[str, Any], started: float,
@@ -155,13 +178,13 @@ def _write(out: Path, base: TrainConfig, rows: list[dict[str, Any]], args: Mappi
     if summary:
         _bar_chart(out / "ap_bars.png", summary)
     runs = len({(r["box_loss"], r["obj_loss"], r["seed"]) for r in rows})
+    spread = "Mean ± standard deviation over seeds" if any(s["seeds"] > 1 for s in summary) else "One seed"
     report = f"""# detloss compare
 
 {runs} models ({len(summary)} rows = settings x NMS kinds), {base.steps} steps of batch {base.batch_size} each,
-{base.image_size} x {base.image_size} synthetic scenes ({base.train_images} training, {base.val_images} validation
-images) unless COCO files were given; NMS and DIoU-NMS at threshold {base.nms_threshold}. Mean ± standard deviation
-over seeds; COCO AP on the validation set, in percent. "AP vs first": AP minus that of the first row with the same
-NMS (the first box loss and objectness loss), in points.
+on {_data_text(base)}; NMS and DIoU-NMS at threshold {base.nms_threshold}. {spread};
+COCO AP on the validation set, in percent (`results.json`: 0-1). "AP vs first": AP minus that of the first row
+with the same NMS (the first box loss and objectness loss), in points.
 
 {table}
 ![AP, AP50, AP75 per setting](ap_bars.png)
@@ -193,6 +216,7 @@ def compare(
         raise DetLossError.bad_argument("compare", "settings", "at least one box loss, objectness loss and seed",
                                         (boxes, objs, seed_list))
     out = Path(out)
+    build_datasets(base)  # the data and the batch size pass their checks before a folder is made
     out.mkdir(parents=True, exist_ok=True)
     args = dict(args or {"box_losses": boxes, "obj_losses": objs, "seeds": seed_list, "config": asdict(base)})
     rows: list[dict[str, Any]] = []
@@ -237,6 +261,6 @@ def compare(
             )
         if progress:
             ap = result["metrics_by_nms"]["nms"]["AP"]
-            print(f"[{i + 1}/{len(plan)}] {name}: {status}, AP {100 * (ap or 0.0):.2f}", flush=True)
+            print(f"[{i + 1}/{len(plan)}] {name}: {status}, AP {as_percent(ap)} (%)", flush=True)
         payload = _write(out, base, rows, args, started, wall)
     return payload

@@ -1,6 +1,6 @@
-"""Detection data: deterministic synthetic scenes, a COCO-json loader, and the collate function.
+"""Detection data: deterministic synthetic scenes, COCO and YOLO loaders, and the collate function.
 
-Both datasets return ``(image, target)`` with ``image`` a float tensor ``(3, S, S)`` in
+Every dataset returns ``(image, target)`` with ``image`` a float tensor ``(3, S, S)`` in
 ``[0, 1]`` (``S`` the model's input size) and ``target`` a dict:
 
 - ``"boxes"``: ``(n, 4)`` float32, ``xyxy`` in input pixels (``0 <= x1 < x2 <= S``);
@@ -12,12 +12,15 @@ Both datasets return ``(image, target)`` with ``image`` a float tensor ``(3, S, 
 Each dataset also has ``num_classes``, ``class_names``, ``category_ids`` (label -> COCO
 category id), ``image_size``, :meth:`box_sizes` (the widths and heights of every training
 box, for the k-means anchors) and :meth:`coco_ground_truth` (a COCO-format dict in original
-pixels for :func:`detloss.detection.evaluate.coco_map`).
+pixels for :func:`detloss.detection.evaluate.coco_map`) and :meth:`~DetectionDataset.export`,
+which writes it as a YOLO or COCO dataset on disk (the layouts are in
+:mod:`detloss.detection.formats`).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -28,12 +31,14 @@ import numpy as np
 import torch
 
 from detloss import DetLossError
+from detloss.detection.formats import Exported, bad_file, copy_image, write_dataset
 
 __all__ = [
     "SHAPE_CLASSES",
     "make_scene",
     "SyntheticScenes",
     "CocoDetection",
+    "YoloDetection",
     "collate",
     "DetectionDataset",
 ]
@@ -215,6 +220,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     category_ids: tuple[int, ...]
     image_size: int
     source: str
+    #: ``"train"``, ``"val"``, ... when the dataset knows it: the default split of :meth:`export`.
+    split: str | None = None
 
     def __len__(self) -> int:  # pragma: no cover - interface
         raise NotImplementedError
@@ -224,6 +231,40 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def coco_ground_truth(self) -> dict[str, Any]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def _image_name(self, index: int) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _write_image(self, index: int, path: Path) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def export(self, folder: str | Path, format: str = "yolo", *, split: str | None = None) -> Exported:
+        """Write this dataset as split ``split`` (default: its own) of a dataset on disk.
+
+        ``format="yolo"``: ultralytics' layout, ``images/<split>/``, ``labels/<split>/*.txt``
+        (``class cx cy w h`` normalised) and ``data.yaml`` (``path``, the splits written so
+        far, ``names``): export the ``train`` and the ``val`` split into one folder and give
+        its ``data.yaml`` to ultralytics or to ``detloss train --data``. ``format="coco"``:
+        ``annotations/instances_<split>.json`` and ``images/<split>/``. Boxes are in the
+        original pixels of each image; images are written as they are (files are copied,
+        synthetic scenes saved as PNG). A split the folder already holds is refused.
+        Returns what was written (:class:`~detloss.detection.formats.Exported`).
+
+        Example:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     done = SyntheticScenes(3, image_size=32, split="val").export(tmp, "yolo")
+            ...     yolo = YoloDetection(done.path, split="val", image_size=32)
+            ...     done.path.name, done.images, len(yolo), yolo.class_names == SHAPE_CLASSES
+            ('data.yaml', 3, 3, True)
+        """
+        chosen = split if split is not None else self.split
+        where = f"{type(self).__name__}.export"
+        if chosen is None:
+            raise DetLossError.bad_argument(where, "split", "a split name ('train', 'val', ...)", None)
+        return write_dataset(
+            folder, format, chosen, self.coco_ground_truth(), self._write_image, self._image_name, where=where
+        )
 
 
 class SyntheticScenes(DetectionDataset):
@@ -252,6 +293,7 @@ class SyntheticScenes(DetectionDataset):
         self.num_classes = len(SHAPE_CLASSES)
         self.class_names = SHAPE_CLASSES
         self.category_ids = tuple(range(1, self.num_classes + 1))
+        self.split = split
         self.source = f"synthetic(n={n}, size={image_size}, seed={seed}, split={split})"
 
     def __len__(self) -> int:
@@ -274,6 +316,18 @@ class SyntheticScenes(DetectionDataset):
         size = self.image_size
         images = [{"id": i, "width": size, "height": size, "file_name": f"{i}.png"} for i in range(len(self))]
         return _coco_dict(images, list(zip(self.boxes, self.labels)), self.category_ids, self.class_names)
+
+    def _image_name(self, index: int) -> str:
+        return f"{index:06d}.png"
+
+    def _write_image(self, index: int, path: Path) -> None:
+        from PIL import Image
+
+        from detloss.experiments.runs import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        Image.fromarray(self.images[index].permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def _coco_dict(
@@ -301,109 +355,51 @@ def _coco_dict(
 
 
 # --------------------------------------------------------------------------------------
-# COCO json + image folder
+# Images on disk: COCO json, YOLO labels
 # --------------------------------------------------------------------------------------
 
 
-def _bad_file(path: Path, what: str) -> DetLossError:
-    return DetLossError(f"CocoDetection(): file {str(path)!r}: {what}")
+class _ImageFiles(DetectionDataset):
+    """Images on disk and their boxes in original pixels: what the COCO and YOLO readers share.
 
-
-class CocoDetection(DetectionDataset):
-    """A COCO-format detection set: ``annotation_file`` (json) and the folder of its images.
-
-    The json needs ``images`` (``id``, ``file_name``), ``annotations`` (``image_id``,
-    ``category_id``, ``bbox`` = ``[left, top, width, height]`` in pixels) and
-    ``categories`` (``id``, ``name``). Categories become labels ``0..C-1`` in the order of
-    their ids; crowd annotations (``iscrowd: 1``) and boxes with a side <= 0 are not trained
-    on (crowd ones still count as crowd in evaluation). Each image is resized to
-    ``image_size x image_size`` (aspect not kept; boxes scaled alike); evaluation maps
-    predictions back to original pixels. A missing, unreadable or malformed file, key or
-    box raises :class:`DetLossError` naming the file.
+    ``records[i]``: ``{"id", "file_name", "width", "height"}`` (COCO's image entry);
+    ``annotations[i]``: ``[(bbox, label, crowd), ...]`` with ``bbox = [left, top, w, h]``.
     """
 
-    def __init__(self, annotation_file: str | Path, image_dir: str | Path | None = None, image_size: int = 64) -> None:
-        self.annotation_file = path = Path(annotation_file)
-        self.image_dir = Path(image_dir) if image_dir is not None else path.parent
-        self.image_size = int(image_size)
-        self.source = f"coco({path})"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise _bad_file(path, "not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise _bad_file(path, f"cannot be read ({exc})") from None
-        except json.JSONDecodeError as exc:
-            raise _bad_file(path, f"is not valid json ({exc})") from None
-        if not isinstance(data, dict):
-            got = type(data).__name__
-            raise _bad_file(path, f"expected a json object (images, annotations, categories), got {got}")
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(data.get(key), list):
-                raise _bad_file(path, f"expected a list under key {key!r}")
-        try:
-            cats = sorted(data["categories"], key=lambda c: int(c["id"]))
-            self.category_ids = tuple(int(c["id"]) for c in cats)
-            self.class_names = tuple(str(c.get("name", c["id"])) for c in cats)
-            images = [
-                {
-                    "id": int(im["id"]),
-                    "file_name": str(im["file_name"]),
-                    **({"width": int(im["width"]), "height": int(im["height"])} if "width" in im else {}),
-                }
-                for im in data["images"]
-            ]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _bad_file(path, f"malformed image or category entry ({type(exc).__name__}: {exc})") from None
-        if not self.category_ids:
-            raise _bad_file(path, "has no categories")
-        self.num_classes = len(self.category_ids)
-        label_of = {c: i for i, c in enumerate(self.category_ids)}
-        index_of = {im["id"]: i for i, im in enumerate(images)}
-        raw: list[list[tuple[list[float], int, int]]] = [[] for _ in images]
-        for k, ann in enumerate(data["annotations"]):
-            try:
-                bbox = [float(v) for v in ann["bbox"]]
-                image_index = index_of[int(ann["image_id"])]
-                label = label_of[int(ann["category_id"])]
-                crowd = int(ann.get("iscrowd", 0))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise _bad_file(path, f"annotation {k} is malformed ({type(exc).__name__}: {exc})") from None
-            if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
-                raise _bad_file(path, f"annotation {k}: bbox expected four finite numbers, got {ann['bbox']!r}")
-            raw[image_index].append((bbox, label, crowd))
-        self.records = images
-        self.annotations = raw
-        for im in images:  # fail now, not in the middle of training
-            self._image_size_of(im)
+    records: list[dict[str, Any]]
+    annotations: list[list[tuple[list[float], int, int]]]
 
-    def _image_path(self, record: dict[str, Any]) -> Path:
-        return self.image_dir / record["file_name"]
+    def _image_path(self, index: int) -> Path:  # pragma: no cover - interface
+        raise NotImplementedError
 
-    def _open(self, record: dict[str, Any]) -> Any:
+    def _bad(self, path: Path | str, what: str) -> DetLossError:
+        return bad_file(type(self).__name__, path, what)
+
+    def _open(self, index: int) -> Any:
         from PIL import Image, UnidentifiedImageError
 
-        file = self._image_path(record)
+        file = self._image_path(index)
         try:
             return Image.open(file)
         except FileNotFoundError:
-            raise _bad_file(file, "image not found") from None
+            raise self._bad(file, "image not found") from None
         except (UnidentifiedImageError, OSError) as exc:
-            raise _bad_file(file, f"cannot be read as an image ({exc})") from None
+            raise self._bad(file, f"cannot be read as an image ({exc})") from None
 
-    def _image_size_of(self, record: dict[str, Any]) -> tuple[int, int]:
+    def _image_size_of(self, index: int) -> tuple[int, int]:
+        record = self.records[index]
         if "width" not in record:
-            with self._open(record) as im:
+            with self._open(index) as im:
                 record["width"], record["height"] = im.size
         else:
-            self._open(record).close()
+            self._open(index).close()
         return record["width"], record["height"]
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _scale(self, index: int) -> torch.Tensor:
-        w, h = self._image_size_of(self.records[index])
+        w, h = self._image_size_of(index)
         sx, sy = self.image_size / w, self.image_size / h
         return torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
 
@@ -417,13 +413,12 @@ class CocoDetection(DetectionDataset):
         from PIL import Image
 
         record = self.records[index]
-        file = self._image_path(record)
         try:
-            with self._open(record) as im:
+            with self._open(index) as im:
                 rgb = im.convert("RGB").resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
                 array = np.asarray(rgb, dtype=np.uint8).copy()
         except OSError as exc:
-            raise _bad_file(file, f"cannot be decoded ({exc})") from None
+            raise self._bad(self._image_path(index), f"cannot be decoded ({exc})") from None
         image = torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
         boxes, labels = self._train_boxes(index)
         limit = float(self.image_size)
@@ -449,9 +444,170 @@ class CocoDetection(DetectionDataset):
                         "iscrowd": crowd,
                     }
                 )
-        images = [{**r, "width": self._image_size_of(r)[0], "height": self._image_size_of(r)[1]} for r in self.records]
+        images = []
+        for i, r in enumerate(self.records):
+            width, height = self._image_size_of(i)
+            images.append({**r, "width": width, "height": height})
         categories = [{"id": c, "name": n} for c, n in zip(self.category_ids, self.class_names)]
         return {"images": images, "annotations": annotations, "categories": categories}
+
+    def _image_name(self, index: int) -> str:
+        return self._image_path(index).name
+
+    def _write_image(self, index: int, path: Path) -> None:
+        copy_image(self._image_path(index), path)
+
+
+class CocoDetection(_ImageFiles):
+    """A COCO-format detection set: ``annotation_file`` (json) and the folder of its images.
+
+    The json needs ``images`` (``id``, ``file_name``), ``annotations`` (``image_id``,
+    ``category_id``, ``bbox`` = ``[left, top, width, height]`` in pixels) and
+    ``categories`` (``id``, ``name``). Categories become labels ``0..C-1`` in the order of
+    their ids; crowd annotations (``iscrowd: 1``) and boxes with a side <= 0 are not trained
+    on (crowd ones still count as crowd in evaluation). Each image is resized to
+    ``image_size x image_size`` (aspect not kept; boxes scaled alike); evaluation maps
+    predictions back to original pixels. A missing, unreadable or malformed file, key or
+    box raises :class:`DetLossError` naming the file. ``split`` is only the default split
+    of :meth:`export`.
+    """
+
+    def __init__(
+        self,
+        annotation_file: str | Path,
+        image_dir: str | Path | None = None,
+        image_size: int = 64,
+        *,
+        split: str | None = None,
+    ) -> None:
+        self.annotation_file = path = Path(annotation_file)
+        self.image_dir = Path(image_dir) if image_dir is not None else path.parent
+        self.image_size = int(image_size)
+        self.split = split
+        self.source = f"coco({path})"
+        if path.is_dir():
+            raise self._bad(path, "is a folder; expected the COCO json file of the annotations")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise self._bad(path, "not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self._bad(path, f"cannot be read ({exc})") from None
+        except json.JSONDecodeError as exc:
+            raise self._bad(path, f"is not valid json ({exc})") from None
+        if not isinstance(data, dict):
+            got = type(data).__name__
+            raise self._bad(path, f"expected a json object (images, annotations, categories), got {got}")
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(data.get(key), list):
+                raise self._bad(path, f"expected a list under key {key!r}")
+        try:
+            cats = sorted(data["categories"], key=lambda c: int(c["id"]))
+            self.category_ids = tuple(int(c["id"]) for c in cats)
+            self.class_names = tuple(str(c.get("name", c["id"])) for c in cats)
+            images = [
+                {
+                    "id": int(im["id"]),
+                    "file_name": str(im["file_name"]),
+                    **({"width": int(im["width"]), "height": int(im["height"])} if "width" in im else {}),
+                }
+                for im in data["images"]
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._bad(path, f"malformed image or category entry ({type(exc).__name__}: {exc})") from None
+        if not self.category_ids:
+            raise self._bad(path, "has no categories")
+        self.num_classes = len(self.category_ids)
+        label_of = {c: i for i, c in enumerate(self.category_ids)}
+        index_of = {im["id"]: i for i, im in enumerate(images)}
+        raw: list[list[tuple[list[float], int, int]]] = [[] for _ in images]
+        for k, ann in enumerate(data["annotations"]):
+            try:
+                bbox = [float(v) for v in ann["bbox"]]
+                image_index = index_of[int(ann["image_id"])]
+                label = label_of[int(ann["category_id"])]
+                crowd = int(ann.get("iscrowd", 0))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise self._bad(path, f"annotation {k} is malformed ({type(exc).__name__}: {exc})") from None
+            if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
+                raise self._bad(path, f"annotation {k}: bbox expected four finite numbers, got {ann['bbox']!r}")
+            raw[image_index].append((bbox, label, crowd))
+        self.records = images
+        self.annotations = raw
+        for i in range(len(images)):  # fail now, not in the middle of training
+            self._image_size_of(i)
+
+    def _image_path(self, index: int) -> Path:
+        return self.image_dir / self.records[index]["file_name"]
+
+
+class YoloDetection(_ImageFiles):
+    """A YOLO-format detection set (ultralytics' layout), given by its ``data.yaml``.
+
+    ``data`` is the yaml file (or the folder holding it); ``split`` one of its splits
+    (``"train"``, ``"val"``, ``"test"``). Each image's label file (``labels/`` where the
+    image is under ``images/``, see :func:`detloss.detection.formats.label_file`) holds
+    ``class cx cy w h`` per object, normalised by the image size; a missing or empty label
+    file is an image without objects, but a split where no image has a label file is an
+    error (the labels are elsewhere, or the folder is not a YOLO dataset). Class ``k`` is
+    label ``k``, named by ``names``, with COCO category id ``k + 1`` for evaluation. Images
+    are resized as in :class:`CocoDetection`; a missing, unreadable or malformed file or
+    line raises :class:`DetLossError` naming it.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     root = Path(tmp)
+        ...     for sub in ("images/train", "labels/train"):
+        ...         (root / sub).mkdir(parents=True)
+        ...     Image.new("RGB", (200, 100)).save(root / "images/train/a.png")
+        ...     _ = (root / "labels/train/a.txt").write_text("1 0.25 0.5 0.1 0.2\\n")
+        ...     _ = (root / "data.yaml").write_text("train: images/train\\nval: images/train\\nnames: [cat, dog]\\n")
+        ...     ds = YoloDetection(root / "data.yaml", image_size=64)
+        ...     ds.class_names, ds.coco_ground_truth()["annotations"][0]["bbox"]  # 200 x 100 pixels
+        (('cat', 'dog'), [40.0, 40.0, 20.0, 20.0])
+    """
+
+    def __init__(self, data: str | Path, split: str = "train", image_size: int = 64) -> None:
+        from detloss.detection.formats import label_file, read_data_yaml, read_label_file, split_images
+
+        where = type(self).__name__
+        spec = read_data_yaml(data, where)
+        self.data_file = spec.file
+        self.image_size = int(image_size)
+        self.split = split
+        self.source = f"yolo({spec.file}, split={split})"
+        self.class_names = spec.names
+        self.num_classes = len(spec.names)
+        self.category_ids = tuple(range(1, self.num_classes + 1))
+        self.files = split_images(spec, split, where)
+        self.records, self.annotations = [], []
+        labelled = 0
+        for i, file in enumerate(self.files):
+            try:
+                name = file.relative_to(spec.root).as_posix()
+            except ValueError:
+                name = str(file)
+            self.records.append({"id": i + 1, "file_name": name})
+            width, height = self._image_size_of(i)
+            label = label_file(file)
+            rows = read_label_file(label, self.num_classes, where) if label.is_file() else []
+            labelled += label.is_file()
+            self.annotations.append(
+                [([(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height], cls, 0) for cls, (cx, cy, w, h)
+                 in rows]
+            )
+        if not labelled:
+            first = self.files[0]
+            raise bad_file(
+                where, spec.file,
+                f"`{split}`: no label files for its {len(self.files)} images (expected e.g. "
+                f"{str(label_file(first))!r} for {str(first)!r})",
+            )
+
+    def _image_path(self, index: int) -> Path:
+        return self.files[index]
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:

@@ -1,5 +1,9 @@
 """COCO box mAP with pycocotools: AP, AP50, AP75, APs, APm, APl (0-1 scale).
 
+Files (``results.json``, ``metrics.json``, csv) keep the 0-1 scale; what is printed for a
+reader (the command line, ``report.md``, tables, figures) is in percent
+(:func:`as_percent`), as detection papers report COCO AP.
+
 Definitions of COCO (Lin et al., ECCV 2014, and ``cocoapi``): AP is the mean over the IoU
 thresholds 0.50:0.05:0.95 and over the categories of the 101-point interpolated precision;
 AP50 and AP75 use one threshold; APs, APm, APl restrict to ground-truth areas below 32^2,
@@ -22,10 +26,20 @@ import torch
 from detloss import DetLossError
 from detloss.boxes import convert
 
-__all__ = ["METRIC_NAMES", "coco_map", "to_coco_detections"]
+__all__ = ["METRIC_NAMES", "as_percent", "coco_map", "to_coco_detections"]
 
 #: Keys of the metrics dict, in pycocotools' order of ``stats[:6]``.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def as_percent(value: float | None) -> str:
+    """A 0-1 metric in percent with two decimals (``n/a`` for None: nothing to measure).
+
+    Example:
+        >>> as_percent(0.18604), as_percent(None)
+        ('18.60', 'n/a')
+    """
+    return "n/a" if value is None else f"{100 * value:.2f}"
 
 
 def to_coco_detections(

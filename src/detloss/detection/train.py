@@ -6,11 +6,11 @@ with NMS and with DIoU-NMS, and writes (rank 0 only) into ``out``:
 
 - ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end (model, optimizer,
   schedule, loss history, configuration): ``resume=True`` continues from it, exactly;
-- ``metrics.json`` (the metrics with the configured NMS), ``results.json`` (stable keys of
-  DESIGN.md: ``metrics``, ``losses``, ``steps``, ``world_size``, plus ``metrics_by_nms``,
-  ``anchors``, ``train_seconds``), ``results.csv`` (the loss terms per step);
-- ``loss_curves.png``, ``predictions.png`` (a few validation images, ground truth in green,
-  detections in red), ``report.md`` that embeds them.
+- ``metrics.json``, ``results.json``, ``results.csv``, ``loss_curves.png``,
+  ``predictions.png`` and ``report.md`` (:mod:`detloss.detection.outputs`).
+
+The settings are a :class:`~detloss.detection.options.TrainConfig`
+(:mod:`detloss.detection.options`: their checks, the data and the loss they build).
 
 Distributed: under ``torchrun --nproc_per_node N -m detloss train ...`` (``WORLD_SIZE > 1``)
 the process group starts with gloo on CPU and nccl on GPU; each rank draws its share of every
@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +35,21 @@ import torch
 import torch.distributed as dist
 
 from detloss import DetLossError
-from detloss.detection.data import CocoDetection, DetectionDataset, SyntheticScenes, collate
+from detloss.detection.data import DetectionDataset, collate
 from detloss.detection.evaluate import coco_map, to_coco_detections
 from detloss.detection.model import TinyYOLO, kmeans_anchors
+from detloss.detection.options import TrainConfig, build_datasets, build_loss_fn, build_splits, parse_options
+from detloss.detection.outputs import LOSS_TERMS, RunOutputs, write_outputs
 from detloss.detection.postprocess import NMS_KINDS, postprocess
-from detloss.detection.yolo_loss import YOLOLoss, resolve_loss_name
-from detloss.experiments.runs import (
-    atomic_write_bytes,
-    atomic_write_text,
-    run_header,
-    save_figure,
-    write_csv,
-    write_json,
-)
+from detloss.detection.yolo_loss import YOLOLoss
+from detloss.experiments.runs import atomic_write_bytes
 
 __all__ = [
     "TrainConfig",
     "parse_options",
     "train",
     "build_datasets",
+    "build_splits",
     "build_model",
     "build_loss_fn",
     "training_loss",
@@ -62,156 +58,11 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
-LOSS_TERMS = ("loss", "box", "obj", "cls")
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run (saved in the checkpoint and in ``results.json``)."""
-
-    box_loss: str = "ciou"
-    obj_loss: str = "binary_cross_entropy"
-    cls_loss: str = "binary_cross_entropy"
-    box_weight: float = 5.0
-    obj_weight: float = 1.0
-    cls_weight: float = 1.0
-    box_options: dict[str, Any] = field(default_factory=dict)
-    obj_options: dict[str, Any] = field(default_factory=dict)
-    cls_options: dict[str, Any] = field(default_factory=dict)
-    ignore_thresh: float = 0.5
-    # data
-    image_size: int = 64
-    train_images: int = 4000
-    val_images: int = 500
-    data_seed: int = 0
-    train_json: str | None = None
-    train_image_dir: str | None = None
-    val_json: str | None = None
-    val_image_dir: str | None = None
-    flip: bool = True
-    # model
-    width: int = 16
-    strides: tuple[int, ...] = (8, 16)
-    anchors_per_level: int = 3
-    # optimisation
-    steps: int = 1500
-    batch_size: int = 32
-    lr: float = 1e-2
-    weight_decay: float = 5e-4
-    warmup_steps: int = 100
-    grad_clip: float = 10.0
-    seed: int = 0
-    checkpoint_every: int = 500
-    # inference
-    nms: str = "nms"
-    nms_threshold: float = 0.45
-    score_threshold: float = 0.001
-    num_drawn: int = 6
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        self.strides = tuple(int(s) for s in self.strides)
-        for name in ("box_loss", "obj_loss", "cls_loss"):
-            setattr(self, name, resolve_loss_name(getattr(self, name), name))
-        if self.nms not in NMS_KINDS:
-            raise DetLossError.bad_argument("train", "nms", "one of " + ", ".join(NMS_KINDS), repr(self.nms))
-        for name in ("steps", "batch_size", "train_images", "val_images", "checkpoint_every", "image_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise DetLossError.bad_argument("train", name, "a positive integer", repr(value))
-        if self.image_size % max(self.strides):
-            multiple = f"a multiple of {max(self.strides)}"
-            raise DetLossError.bad_argument("train", "image_size", multiple, self.image_size)
-        if (self.train_json is None) != (self.val_json is None):
-            raise DetLossError.bad_argument("train", "val_json", "given together with train_json", self.val_json)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    @classmethod
-    def from_cli(cls, settings: Mapping[str, Any], steps: int | None = None) -> TrainConfig:
-        """A configuration from command-line values (``box_option=["alpha=0.5"]`` and so on);
-        ``None`` values and ``steps=None`` keep the defaults."""
-        known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in settings.items():
-            if value is None:
-                continue
-            if key in ("box_option", "obj_option", "cls_option"):
-                values[key + "s"] = parse_options(value, "--" + key.replace("_", "-"))
-            elif key in known:
-                values[key] = str(value) if isinstance(value, Path) else value
-            else:
-                raise DetLossError.bad_argument("TrainConfig.from_cli", "settings", "known options", repr(key))
-        if steps is not None:
-            values["steps"] = steps
-        return cls(**values)
-
-    def losses(self) -> dict[str, Any]:
-        """The loss configuration (``results.json["losses"]``)."""
-        return {
-            "box_loss": self.box_loss,
-            "obj_loss": self.obj_loss,
-            "cls_loss": self.cls_loss,
-            "box_weight": self.box_weight,
-            "obj_weight": self.obj_weight,
-            "cls_weight": self.cls_weight,
-            "box_options": dict(self.box_options),
-            "obj_options": dict(self.obj_options),
-            "cls_options": dict(self.cls_options),
-            "ignore_thresh": self.ignore_thresh,
-        }
-
-
-def parse_options(items: Sequence[str], name: str = "--option") -> dict[str, Any]:
-    """``["alpha=0.5", "gamma=2", "alpha=none", "mode=log"]`` -> ``{"alpha": None, "gamma": 2.0, "mode": "log"}``
-    (later wins): numbers become floats, ``none`` None, ``true``/``false`` booleans.
-
-    Example:
-        >>> parse_options(["alpha=0.5", "gamma=2", "mode=log"])
-        {'alpha': 0.5, 'gamma': 2.0, 'mode': 'log'}
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise DetLossError.bad_argument("detloss", name, "KEY=VALUE", repr(item))
-        word = text.strip()
-        value: Any
-        if word.lower() == "none":
-            value = None
-        elif word.lower() in ("true", "false"):
-            value = word.lower() == "true"
-        else:
-            try:
-                value = float(word)
-            except ValueError:
-                value = word
-        out[key.strip()] = value
-    return out
 
 
 # ------------------------------------------------------------------------------------------
 # building blocks (also used by tests and by compare)
 # ------------------------------------------------------------------------------------------
-
-
-def build_datasets(config: TrainConfig) -> tuple[DetectionDataset, DetectionDataset]:
-    """The training and validation sets: synthetic scenes, or COCO json + image folders."""
-    if config.train_json is not None:
-        train_set: DetectionDataset = CocoDetection(config.train_json, config.train_image_dir, config.image_size)
-        val_set: DetectionDataset = CocoDetection(str(config.val_json), config.val_image_dir, config.image_size)
-        if val_set.category_ids != train_set.category_ids:
-            raise DetLossError.bad_argument(
-                "train", "val_json", f"the categories of train_json {train_set.category_ids}", val_set.category_ids
-            )
-        return train_set, val_set
-    return (
-        SyntheticScenes(config.train_images, config.image_size, config.data_seed, "train"),
-        SyntheticScenes(config.val_images, config.image_size, config.data_seed, "val"),
-    )
 
 
 def build_model(config: TrainConfig, train_set: DetectionDataset) -> TinyYOLO:
@@ -220,30 +71,6 @@ def build_model(config: TrainConfig, train_set: DetectionDataset) -> TinyYOLO:
     anchors = kmeans_anchors(train_set.box_sizes(), levels * per_level).reshape(levels, per_level, 2)
     torch.manual_seed(config.seed)
     return TinyYOLO(train_set.num_classes, anchors, config.strides, config.width)
-
-
-def build_loss_fn(config: TrainConfig) -> YOLOLoss:
-    """The configured :class:`YOLOLoss`; a box loss that needs the input image size (MPDIoU
-    normalises by it) gets ``(image_size, image_size)`` unless given."""
-    import inspect
-
-    from detloss import LOSSES
-
-    box_options = dict(config.box_options)
-    if "image_size" in inspect.signature(LOSSES[config.box_loss].function).parameters:
-        box_options.setdefault("image_size", (config.image_size, config.image_size))
-    return YOLOLoss(
-        config.box_loss,
-        config.obj_loss,
-        config.cls_loss,
-        box_weight=config.box_weight,
-        obj_weight=config.obj_weight,
-        cls_weight=config.cls_weight,
-        box_options=box_options,
-        obj_options=config.obj_options,
-        cls_options=config.cls_options,
-        ignore_thresh=config.ignore_thresh,
-    )
 
 
 def unwrap(model: torch.nn.Module) -> TinyYOLO:
@@ -298,11 +125,7 @@ class _Batches:
         self.sampler = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed, drop_last=True
         )
-        self.per_epoch = len(self.sampler) // config.batch_size
-        if self.per_epoch < 1:
-            raise DetLossError.bad_argument(
-                "train", "batch_size", f"at most {len(self.sampler)} (images per rank)", config.batch_size
-            )
+        self.per_epoch = len(self.sampler) // config.batch_size  # >= 1: checked by build_datasets
         self._epoch = -1
         self._indices: list[int] = []
         self._flips = torch.zeros(0, dtype=torch.bool)
@@ -427,11 +250,31 @@ def _to(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, A
     return [{**t, "boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
 
 
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over another one (finished or interrupted)."""
+    from detloss.experiments.runs import check_out_folder
+
+    check_out_folder("train", out)
+    if resume and overwrite:
+        raise DetLossError.bad_argument("train", "overwrite", "not given together with `resume`", True)
+    if resume or overwrite:
+        return
+    found = [name for name in (CHECKPOINT, "results.json") if (out / name).exists()]
+    if found:
+        raise DetLossError.bad_argument(
+            "train",
+            "out",
+            "a folder without a run: continue the run with `resume`, or start again with `overwrite`",
+            f"{str(out)!r}, which holds {' and '.join(found)}",
+        )
+
+
 def train(
     config: TrainConfig | None,
     out: Path | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     steps: int | None = None,
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
@@ -439,13 +282,16 @@ def train(
 ) -> dict[str, Any]:
     """Train, evaluate, write the run folder; return the ``results.json`` payload.
 
-    ``out`` defaults to a fresh ``runs/train-<stamp>`` (chosen by rank 0). ``resume=True``
-    loads ``out/checkpoint.pt`` and continues from its step with the checkpoint's own
-    configuration (``config`` may be None; if given it must match, ``steps`` and ``device``
-    aside); ``steps`` raises the total number of steps. A finished run resumed again is
-    evaluated again without training. ``on_step(step, record)`` is called after each
-    optimisation step (tests use it to interrupt a run). Every rank returns the payload;
-    only rank 0 writes.
+    ``out`` defaults to a fresh ``runs/train-<stamp>`` (chosen by rank 0); it is created
+    once the settings and the data have passed their checks, so a run refused leaves no
+    folder. A folder that holds a run (a checkpoint or ``results.json``) is refused unless
+    ``resume=True`` (continue it) or ``overwrite=True`` (start again; its files are
+    replaced). ``resume=True`` loads ``out/checkpoint.pt`` and continues from its step
+    with the checkpoint's own configuration (``config`` may be None; if given it must
+    match, ``steps`` and ``device`` aside); ``steps`` raises the total number of steps. A
+    finished run resumed again is evaluated again without training. ``on_step(step,
+    record)`` is called after each optimisation step (tests use it to interrupt a run).
+    Every rank returns the payload; only rank 0 writes.
     """
     started = time.perf_counter()
     device_name = config.device if config is not None else "auto"
@@ -457,13 +303,14 @@ def train(
         if out is None and rank == 0:
             from detloss.experiments.runs import new_run_dir
 
-            out = new_run_dir("train")
+            out = new_run_dir("train", create=False)
         if dist.is_initialized():
             box = [str(out) if out is not None else None]
             dist.broadcast_object_list(box, src=0)
             out = Path(str(box[0]))
         assert out is not None
         out = Path(out)
+        _check_out(out, resume, overwrite)
         if resume:
             state = load_checkpoint(out / CHECKPOINT)
             saved = TrainConfig.from_dict(state["config"])
@@ -485,7 +332,7 @@ def train(
             if not isinstance(steps, int) or steps < max(done, 1):
                 raise DetLossError.bad_argument("train", "steps", f"an integer >= {max(done, 1)}", repr(steps))
             config.steps = steps
-        return _train(config, out, state, progress, on_step, args, device, started)
+        return _train(config, out, state, progress, on_step, args, device, started, overwrite)
     finally:
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -500,12 +347,15 @@ def _train(
     args: Mapping[str, Any] | None,
     device: torch.device,
     started: float,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     rank, world_size = world()
-    if rank == 0:
+    train_set, val_set = build_datasets(config, world_size)
+    if rank == 0:  # every check has passed: now the folder
         out.mkdir(parents=True, exist_ok=True)
-
-    train_set, val_set = build_datasets(config)
+        if overwrite:
+            for name in (CHECKPOINT, "results.json", "metrics.json"):
+                (out / name).unlink(missing_ok=True)
     model = build_model(config, train_set).to(device)
     loss_fn = build_loss_fn(config)
     optimizer = _optimizer(model, config)
@@ -581,9 +431,21 @@ def _train(
     payload: dict[str, Any] = {}
     if rank == 0:
         metrics_by_nms, detections, targets = evaluate_model(model, val_set, config)
-        payload = _write_outputs(
-            out, config, model, val_set, metrics_by_nms, detections, targets, history, world_size, train_seconds, args,
-            started,
+        payload = write_outputs(
+            RunOutputs(
+                out=out,
+                config=config,
+                model=model,
+                val_set=val_set,
+                metrics_by_nms=metrics_by_nms,
+                detections=detections,
+                targets=targets,
+                history=history,
+                world_size=world_size,
+                train_seconds=train_seconds,
+                args=args,
+                started=started,
+            )
         )
     if world_size > 1:
         box = [payload]
@@ -595,25 +457,19 @@ def _train(
 def _progress(enabled: bool, config: TrainConfig, done: int) -> tuple[Any, Any]:
     if not enabled:
         return None, None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    bar = Progress(
-        TextColumn(f"[bold]train[/] {config.box_loss}/{config.obj_loss}"),
+    from detloss.experiments.progress import progress_bar
+
+    bar = progress_bar(
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[terms]}"),
-        transient=False,
     )
-    task = bar.add_task("train", total=config.steps, completed=done, terms="")
+    task = bar.add_task(f"train {config.box_loss}/{config.obj_loss}", total=config.steps, completed=done, terms="")
     bar.start()
     return bar, task
 
@@ -622,137 +478,3 @@ def _terms_text(history: list[dict[str, float]], window: int = 20) -> str:
     recent = history[-window:]
     mean = {k: sum(r[k] for r in recent) / len(recent) for k in LOSS_TERMS}
     return "  ".join(f"{k} {mean[k]:.3f}" for k in LOSS_TERMS)
-
-
-# ------------------------------------------------------------------------------------------
-# outputs
-# ------------------------------------------------------------------------------------------
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def _write_outputs(
-    out: Path,
-    config: TrainConfig,
-    model: TinyYOLO,
-    val_set: DetectionDataset,
-    metrics_by_nms: dict[str, dict[str, float | None]],
-    detections: list[dict[str, Any]],
-    targets: list[dict[str, Any]],
-    history: list[dict[str, float]],
-    world_size: int,
-    train_seconds: float,
-    args: Mapping[str, Any] | None,
-    started: float,
-) -> dict[str, Any]:
-    metrics = metrics_by_nms[config.nms]
-    payload = run_header("train", dict(args) if args is not None else asdict(config), started)
-    payload.update(
-        {
-            "metrics": metrics,
-            "metrics_by_nms": metrics_by_nms,
-            "losses": config.losses(),
-            "steps": len(history),
-            "world_size": world_size,
-            "batch_size_per_rank": config.batch_size,
-            "train_seconds": round(train_seconds, 3),
-            "final_loss": history[-1] if history else None,
-            "anchors": model.anchors.cpu().tolist(),
-            "strides": list(config.strides),
-            "validation": {"source": val_set.source, "images": len(val_set)},
-            "config": asdict(config),
-            "run_dir": str(out),
-        }
-    )
-    write_json(out / "metrics.json", metrics)
-    write_json(out / "results.json", payload)
-    write_csv(out / "results.csv", history)
-    _plot_losses(out / "loss_curves.png", history)
-    _draw_predictions(out / "predictions.png", val_set, detections, targets, config.num_drawn)
-    rows = "\n".join(
-        f"| {kind} | " + " | ".join(_fmt(m[name]) for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")) + " |"
-        for kind, m in metrics_by_nms.items()
-    )
-    report = f"""# detloss train
-
-Losses: box `{config.box_loss}` (x{config.box_weight}), objectness `{config.obj_loss}` (x{config.obj_weight}),
-classes `{config.cls_loss}` (x{config.cls_weight}); {len(history)} steps of batch {config.batch_size} x
-{world_size} rank(s), {train_seconds:.1f} s of training. Validation: {val_set.source}.
-
-| NMS | AP | AP50 | AP75 | APs | APm | APl |
-|---|---|---|---|---|---|---|
-{rows}
-
-(COCO definitions, 0-1 scale; n/a: no ground truth of that size.)
-
-![loss curves](loss_curves.png)
-
-![predictions](predictions.png)
-"""
-    atomic_write_text(out / "report.md", report)
-    return payload
-
-
-def _plot_losses(path: Path, history: list[dict[str, float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in history]
-    window = max(1, len(history) // 50)
-    for key in LOSS_TERMS:
-        values = [r[key] for r in history]
-        smooth = []
-        for i in range(len(values)):
-            chunk = values[max(0, i - window + 1) : i + 1]
-            smooth.append(sum(chunk) / len(chunk))
-        ax.plot(steps, smooth, label=key if key != "loss" else "total (weighted)")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"loss (moving mean over {window} steps)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    save_figure(fig, path)
-    plt.close(fig)
-
-
-def _draw_predictions(
-    path: Path,
-    dataset: DetectionDataset,
-    detections: list[dict[str, Any]],
-    targets: list[dict[str, Any]],
-    count: int,
-    min_score: float = 0.3,
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    count = max(1, min(count, len(dataset)))
-    cols = min(count, 3)
-    rows = (count + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= count:
-            continue
-        image, _ = dataset[i]
-        ax.imshow(image.permute(1, 2, 0).numpy(), extent=(0, image.shape[2], image.shape[1], 0))
-        for box in targets[i]["boxes"].tolist():
-            ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="lime", lw=1.2))
-        det = detections[i]
-        for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-            if score < min_score:
-                continue
-            ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color="red", lw=1.0))
-            text = f"{dataset.class_names[label][:4]} {score:.2f}"
-            ax.text(box[0], box[1], text, color="yellow", fontsize=6, va="bottom")
-    fig.suptitle(f"green: ground truth; red: detections with score >= {min_score}", fontsize=9)
-    save_figure(fig, path)
-    plt.close(fig)

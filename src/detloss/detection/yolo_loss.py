@@ -3,8 +3,8 @@ r"""The composite YOLO loss, configurable by registry names.
 .. math::
     L = \lambda_{box} L_{box} + \lambda_{obj} L_{obj} + \lambda_{cls} L_{cls}
 
-as in the YOLOv4 loss of seed 001 (``loss_loc + loss_conf + loss_cls`` with an ``obj_mask``
-and a ``noobj_mask``), with the YOLOv3 assignment of :mod:`detloss.detection.assign`:
+as in the YOLOv3 loss (Redmon and Farhadi, 2018: ``loss_loc + loss_conf + loss_cls`` with an
+``obj_mask`` and a ``noobj_mask``), with the YOLOv3 assignment of :mod:`detloss.detection.assign`:
 
 - ``L_box`` over the positives: an IoU-family loss (``iou``, ``giou``, ``diou``, ``ciou``,
   ``eiou``, ... any registry key whose inputs are boxes) on the decoded boxes, or a loss on
@@ -13,7 +13,7 @@ and a ``noobj_mask``), with the YOLOv3 assignment of :mod:`detloss.detection.ass
   by YOLOv3's ``2 - w^gt h^gt / S^2`` (small boxes count more), as YOLOv3's baseline;
 - ``L_obj`` over every slot except the ignored ones (not positive, IoU with some ground
   truth above ``ignore_thresh``): target 1 on positives and 0 elsewhere for
-  ``binary_cross_entropy`` and ``sigmoid_focal`` (seed 001 puts focal loss exactly here);
+  ``binary_cross_entropy`` and ``sigmoid_focal`` (where the YOLOv3 report tried focal loss);
   the IoU of the detached decoded box with its ground truth as the soft target for
   ``quality_focal`` and ``varifocal`` (their papers' IoU-aware targets);
 - ``L_cls`` over the positives: one-hot targets (times the IoU for the soft-target losses),

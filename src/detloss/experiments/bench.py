@@ -18,6 +18,17 @@ the binary family) and each implementation:
 - ``ratio_vs_fastest_peer``: ``fwd_bwd_ms`` over the fastest installed peer's (``None`` if
   no peer implements that loss or none is installed: ``pip install -e .[bench]``);
 - ``compile_s`` (compiled backend): the first call's time, compilation included.
+
+The ``compiled-step`` rows time a training step instead of a loss: a small detection head
+(two linear layers) whose ``n`` anchors each predict a box and :data:`NUM_CLASSES` logits,
+a CIoU box loss plus a sigmoid focal class loss, forward and backward, the whole step under
+``torch.compile(dynamic=True, fullgraph=True)``, with the losses of each backend inside;
+``ratio_vs_reference`` is its ``fwd_bwd_ms`` over the same compiled step with the reference
+losses, and ``compile_s`` the first step's time (compilation included; on the first size only:
+the other sizes reuse the compiled step).
+
+Nothing is built or loaded while a time is taken: the native kernel (built once per machine on
+first use) is loaded before the first measurement.
 """
 
 from __future__ import annotations
@@ -38,13 +49,19 @@ from detloss import functional as F
 from detloss.testing import random_boxes
 
 __all__ = [
+    "BENCH_LOSSES",
     "BINARY_LOSSES",
     "BINARY_SIZES",
+    "COMPILED_STEP",
     "IOU_LOSSES",
     "IOU_SIZES",
     "NUM_CLASSES",
+    "STEP_SIZES",
     "available_backends",
+    "bench_inputs",
+    "floor_copy",
     "peers",
+    "prepare_backends",
     "report_markdown",
     "run_bench",
 ]
@@ -52,21 +69,29 @@ __all__ = [
 IOU_LOSSES = ("iou", "giou", "diou", "ciou", "eiou", "siou")
 BINARY_LOSSES = ("sigmoid_focal", "quality_focal", "varifocal", "binary_cross_entropy")
 NUM_CLASSES = 80
+COMPILED_STEP = "compiled-step"
+BENCH_LOSSES = (*IOU_LOSSES, *BINARY_LOSSES, COMPILED_STEP)
 IOU_SIZES = (10_000, 100_000, 1_000_000)  # box pairs
 BINARY_SIZES = (80_000, 800_000, 8_000_000)  # logits: 1,000 / 10,000 / 100,000 anchors x 80 classes
+STEP_SIZES = (1_000, 10_000, 100_000)  # anchors of the compiled step, each a box and 80 logits
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def available_backends(device: torch.device) -> list[str]:
     """The backends worth timing here: native when it builds (CPU), compiled on GPU."""
-    from detloss._fused import native
-
     names = ["reference", "fused"]
-    if device.type == "cpu" and native.available():
+    if device.type == "cpu" and detloss.backend_info().native_library is not None:
         names.append("native")
     if device.type != "cpu":
         names.append("compiled")
     return names
+
+
+def prepare_backends(names: Iterable[str], device: torch.device) -> None:
+    """Load (or build, once per machine) what each backend needs before anything is timed."""
+    for name in names:
+        with detloss.use_backend(name):
+            detloss.get_backend(device)
 
 
 def _ours(loss: str) -> Fn:
@@ -91,7 +116,8 @@ def peers(loss: str) -> dict[str, Fn]:
     return found
 
 
-def _inputs(loss: str, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def bench_inputs(loss: str, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pred, target)`` of ``n`` box pairs (IoU family) or ``n`` logits as ``(n / 80, 80)``."""
     g = torch.Generator().manual_seed(0)
     if loss in IOU_LOSSES:
         target = random_boxes(n, generator=g, dtype=torch.float32)
@@ -133,19 +159,20 @@ def _median_ms(*steps: Callable[[], Any], repeat: int, device: torch.device) -> 
     return [statistics.median(log) * 1e3 for log in times]
 
 
-def _floor(pred: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
+def floor_copy(*inputs: torch.Tensor) -> Callable[[], None]:
     """The memory floor: read the inputs' bytes and write as many, into buffers made once (no
     allocation, so neither page faults nor the allocator's state after another step count)."""
-    out_pred, out_target = torch.empty_like(pred), torch.empty_like(target)
+    outputs = [torch.empty_like(t) for t in inputs]
 
     def copy() -> None:
-        out_pred.copy_(pred)
-        out_target.copy_(target)
+        for out, t in zip(outputs, inputs):
+            out.copy_(t)
 
     return copy
 
 
-def _saved_bytes(fn: Fn, pred: torch.Tensor, target: torch.Tensor) -> int:
+def _saved_bytes(forward: Callable[[], Any]) -> int:
+    """Bytes of the unique storages that ``forward``'s autograd graph keeps for the backward."""
     seen: dict[tuple[int, int], int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -153,9 +180,8 @@ def _saved_bytes(fn: Fn, pred: torch.Tensor, target: torch.Tensor) -> int:
         seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
         return t
 
-    x = pred.detach().requires_grad_(True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(x, target)
+        forward()
     return sum(seen.values())
 
 
@@ -207,29 +233,127 @@ def _peak_bytes(step: Callable[[], Any], device: torch.device) -> int | None:
     return max(_status_bytes("VmHWM") - base, 0)
 
 
-def _time_impl(fn: Fn, pred: torch.Tensor, target: torch.Tensor, repeat: int, device: torch.device) -> dict[str, Any]:
-    """Times of ``fn``; ``floor_ms`` is the floor timed in turn with its forward + backward."""
-    x = pred.detach().clone().requires_grad_(True)
+def _measure(
+    loss: Callable[[], torch.Tensor],
+    clear: Callable[[], None],
+    inputs: tuple[torch.Tensor, ...],
+    repeat: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Times of ``loss()`` and of its backward (``clear()`` drops the gradients between runs);
+    ``floor_ms`` is the floor of ``inputs`` timed in turn with the forward + backward."""
 
     def forward() -> None:
-        fn(x, target)
+        loss()
 
     def forward_backward() -> None:
-        x.grad = None
-        fn(x, target).backward()
+        clear()
+        loss().backward()
 
     first = _once_s(forward_backward, device)  # warm-up (and compilation, for the compiled backend)
     (fwd,) = _median_ms(forward, repeat=repeat, device=device)
-    fwd_bwd, floor = _median_ms(forward_backward, _floor(pred, target), repeat=repeat, device=device)
-    x.grad = None
+    fwd_bwd, floor = _median_ms(forward_backward, floor_copy(*inputs), repeat=repeat, device=device)
+    clear()
     return {
         "fwd_ms": round(fwd, 4),
         "fwd_bwd_ms": round(fwd_bwd, 4),
         "floor_ms": round(floor, 4),
-        "saved_bytes": _saved_bytes(fn, pred, target),
+        "saved_bytes": _saved_bytes(forward),
         "peak_bytes": _peak_bytes(forward_backward, device),
         "first_call_s": round(first, 3),
     }
+
+
+def _time_impl(fn: Fn, pred: torch.Tensor, target: torch.Tensor, repeat: int, device: torch.device) -> dict[str, Any]:
+    """Times of ``fn(pred, target)``, ``pred`` requiring grad as in training."""
+    x = pred.detach().clone().requires_grad_(True)
+
+    def clear() -> None:
+        x.grad = None
+
+    return _measure(lambda: fn(x, target), clear, (pred, target), repeat, device)
+
+
+# ---------------------------------------------------------------- the compiled training step
+
+
+class _StepHead(torch.nn.Module):
+    """Per anchor: a box (cx, cy, w, h) and :data:`NUM_CLASSES` logits from 32 features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4 + NUM_CLASSES))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(features)
+        return torch.cat((out[:, :2], out[:, 2:4].exp()), dim=-1), out[:, 4:]
+
+
+def _step_inputs(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(n, 32, generator=g)
+    boxes = torch.cat((torch.randn(n, 2, generator=g), torch.rand(n, 2, generator=g) + 0.5), dim=-1)
+    labels = torch.zeros(n, NUM_CLASSES)
+    labels[torch.arange(n), torch.randint(0, NUM_CLASSES, (n,), generator=g)] = 1.0
+    labels[torch.rand(n, generator=g) > 0.1] = 0.0  # 10% of anchors positive
+    return features.to(device), boxes.to(device), labels.to(device)
+
+
+class _CompiledStep:
+    """A fresh head and its training step under ``torch.compile(dynamic=True, fullgraph=True)``,
+    compiled on the first call and reused for every size (no recompilation: dynamic shapes)."""
+
+    def __init__(self, device: torch.device, compile_backend: str) -> None:
+        torch.manual_seed(0)
+        self.model = _StepHead().to(device)
+        self.compiled = torch.compile(self.step, dynamic=True, fullgraph=True, backend=compile_backend)
+        self.calls = 0
+
+    def step(self, features: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pred, logits = self.model(features)
+        return F.ciou_loss(pred, boxes, box_format="cxcywh") + F.sigmoid_focal_loss(logits, labels)
+
+    def times(self, name: str, inputs: tuple[torch.Tensor, ...], repeat: int, device: torch.device) -> dict[str, Any]:
+        """Times with backend ``name`` inside; ``compile_s`` on the first size only."""
+        with detloss.use_backend(name):
+            row = _measure(
+                lambda: self.compiled(*inputs), lambda: self.model.zero_grad(set_to_none=True), inputs, repeat, device
+            )
+        row["compile_s"] = row["first_call_s"] if self.calls == 0 else None
+        self.calls += 1
+        return row
+
+
+def _step_rows(
+    sizes: Iterable[int],
+    names: list[str],
+    repeat: int,
+    device: torch.device,
+    compile_backend: str,
+    progress: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:
+    """Per size, one ``compiled-step`` row per backend (the reference first), each backend's step
+    compiled once."""
+    backends = list(dict.fromkeys(["reference", *names]))
+    steps = {name: _CompiledStep(device, compile_backend) for name in backends}
+    rows: list[dict[str, Any]] = []
+    for n in sizes:
+        inputs = _step_inputs(n, device)
+        group = []
+        for name in backends:
+            if progress:
+                progress(f"{COMPILED_STEP} n={n} {name}")
+            group.append(
+                {"loss": COMPILED_STEP, "impl": name, "n": n, **steps[name].times(name, inputs, repeat, device)}
+            )
+        reference = group[0]["fwd_bwd_ms"]
+        for row in group:
+            row["ratio_vs_reference"] = round(row["fwd_bwd_ms"] / reference, 4) if reference > 0 else None
+            row["ratio_vs_fastest_peer"] = row["ratio_peak_vs_peer"] = None
+            row["ratio_vs_floor"] = round(row["fwd_bwd_ms"] / row["floor_ms"], 3) if row["floor_ms"] > 0 else None
+            row["saved_bytes_per_element"] = round(row["saved_bytes"] / max(n, 1), 2)
+        rows += group
+    return rows
 
 
 def run_bench(
@@ -241,73 +365,81 @@ def run_bench(
     device: str = "cpu",
     with_peers: bool = True,
     progress: Callable[[str], None] | None = None,
+    compile_backend: str = "inductor",
 ) -> list[dict[str, Any]]:
-    """One row per (loss, impl, n), keys as in DESIGN.md's ``bench`` rows (plus a few).
+    """One row per (loss, impl, n): ``loss``, ``impl``, ``n``, ``fwd_ms``, ``fwd_bwd_ms``,
+    ``saved_bytes``, ``peak_bytes``, ``ratio_vs_fastest_peer``, ``ratio_vs_floor`` and a few more.
 
     ``sizes`` applies to every loss; ``None``: :data:`IOU_SIZES` box pairs for the IoU family,
-    :data:`BINARY_SIZES` logits for the binary family.
+    :data:`BINARY_SIZES` logits for the binary family, :data:`STEP_SIZES` anchors for
+    ``compiled-step`` (whose ``torch.compile`` backend is ``compile_backend``).
     """
     dev = torch.device(device)
     names = list(backends) if backends is not None else available_backends(dev)
+    prepare_backends(names, dev)
     rows: list[dict[str, Any]] = []
-    previous = detloss._backend._chosen
-    try:
-        for loss in losses:
-            for n in sizes if sizes is not None else (IOU_SIZES if loss in IOU_LOSSES else BINARY_SIZES):
-                pred, target = _inputs(loss, int(n), dev)
-                elements = pred.numel() if loss not in IOU_LOSSES else pred.shape[0]
-                group: list[dict[str, Any]] = []
-                (floor,) = _median_ms(_floor(pred, target), repeat=max(3 * repeat, 15), device=dev)
-                group.append(
-                    {
-                        "loss": loss,
-                        "impl": "floor",
-                        "n": elements,
-                        "fwd_ms": round(floor, 4),
-                        "fwd_bwd_ms": round(floor, 4),
-                        "floor_ms": round(floor, 4),
-                        "saved_bytes": 0,
-                        "peak_bytes": None,
-                    }
-                )
-                for name in names:
-                    detloss.set_backend(name)
-                    if progress:
-                        progress(f"{loss} n={elements} {name}")
-                    row = {
-                        "loss": loss,
-                        "impl": name,
-                        "n": elements,
-                        **_time_impl(_ours(loss), pred, target, repeat, dev),
-                    }
-                    if name == "compiled":
-                        row["compile_s"] = row["first_call_s"]
-                    group.append(row)
-                detloss.set_backend(previous)
-                for peer, fn in (peers(loss) if with_peers else {}).items():
-                    if progress:
-                        progress(f"{loss} n={elements} {peer}")
-                    group.append(
-                        {"loss": loss, "impl": peer, "n": elements, **_time_impl(fn, pred, target, repeat, dev)}
-                    )
-                peer_rows = [r for r in group if r["impl"] not in names and r["impl"] != "floor"]
-                fastest = min(peer_rows, key=lambda r: r["fwd_bwd_ms"]) if peer_rows else None
-                for r in group:
-                    r["ratio_vs_fastest_peer"] = round(r["fwd_bwd_ms"] / fastest["fwd_bwd_ms"], 4) if fastest else None
-                    peer_peak = fastest["peak_bytes"] if fastest else None
-                    r["ratio_peak_vs_peer"] = (
-                        round(r["peak_bytes"] / peer_peak, 4) if peer_peak and r["peak_bytes"] is not None else None
-                    )
-                    r["ratio_vs_floor"] = round(r["fwd_bwd_ms"] / r["floor_ms"], 3) if r["floor_ms"] > 0 else None
-                    r["saved_bytes_per_element"] = round(r["saved_bytes"] / max(elements, 1), 2)
-                rows += group
-    finally:
-        detloss.set_backend(previous)
+    for loss in losses:
+        if loss == COMPILED_STEP:
+            step_sizes = [int(n) for n in (sizes if sizes is not None else STEP_SIZES)]
+            rows += _step_rows(step_sizes, names, repeat, dev, compile_backend, progress)
+            continue
+        for n in sizes if sizes is not None else (IOU_SIZES if loss in IOU_LOSSES else BINARY_SIZES):
+            rows += _loss_rows(loss, int(n), names, repeat, dev, with_peers, progress)
     return rows
 
 
+def _loss_rows(
+    loss: str,
+    n: int,
+    names: list[str],
+    repeat: int,
+    dev: torch.device,
+    with_peers: bool,
+    progress: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:
+    """The floor, each backend and each installed peer on one loss and size."""
+    pred, target = bench_inputs(loss, n, dev)
+    elements = pred.numel() if loss not in IOU_LOSSES else pred.shape[0]
+    (floor,) = _median_ms(floor_copy(pred, target), repeat=max(3 * repeat, 15), device=dev)
+    group: list[dict[str, Any]] = [
+        {
+            "loss": loss,
+            "impl": "floor",
+            "n": elements,
+            "fwd_ms": round(floor, 4),
+            "fwd_bwd_ms": round(floor, 4),
+            "floor_ms": round(floor, 4),
+            "saved_bytes": 0,
+            "peak_bytes": None,
+        }
+    ]
+    for name in names:
+        if progress:
+            progress(f"{loss} n={elements} {name}")
+        with detloss.use_backend(name):
+            row = {"loss": loss, "impl": name, "n": elements, **_time_impl(_ours(loss), pred, target, repeat, dev)}
+        if name == "compiled":
+            row["compile_s"] = row["first_call_s"]
+        group.append(row)
+    for peer, fn in (peers(loss) if with_peers else {}).items():
+        if progress:
+            progress(f"{loss} n={elements} {peer}")
+        group.append({"loss": loss, "impl": peer, "n": elements, **_time_impl(fn, pred, target, repeat, dev)})
+    peer_rows = [r for r in group if r["impl"] not in names and r["impl"] != "floor"]
+    fastest = min(peer_rows, key=lambda r: r["fwd_bwd_ms"]) if peer_rows else None
+    for r in group:
+        r["ratio_vs_fastest_peer"] = round(r["fwd_bwd_ms"] / fastest["fwd_bwd_ms"], 4) if fastest else None
+        peer_peak = fastest["peak_bytes"] if fastest else None
+        r["ratio_peak_vs_peer"] = (
+            round(r["peak_bytes"] / peer_peak, 4) if peer_peak and r["peak_bytes"] is not None else None
+        )
+        r["ratio_vs_floor"] = round(r["fwd_bwd_ms"] / r["floor_ms"], 3) if r["floor_ms"] > 0 else None
+        r["saved_bytes_per_element"] = round(r["saved_bytes"] / max(elements, 1), 2)
+    return group
+
+
 def report_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
-    """A short report: the table and how to read it."""
+    """A short report: the tables and how to read them."""
     lines = [
         "# detloss bench",
         "",
@@ -315,16 +447,39 @@ def report_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"median of {header.get('repeat')} runs. `floor` = copying the inputs once; `x floor` divides by the "
         "floor timed in turn with that row's forward+backward. Time ratios are forward+backward times; "
         "`peak x peer` is peak memory growth over the fastest peer's.",
-        "",
-        "| loss | impl | n | fwd ms | fwd+bwd ms | x floor | x fastest peer | saved B/elem | peak MB | peak x peer |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    losses = [r for r in rows if r["loss"] != COMPILED_STEP]
+    if losses:
+        lines += [
+            "",
+            "| loss | impl | n | fwd ms | fwd+bwd ms | x floor | x fastest peer | saved B/elem | peak MB "
+            "| peak x peer |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+    for r in losses:
         peer = "" if r["ratio_vs_fastest_peer"] is None else f"{r['ratio_vs_fastest_peer']:.3f}"
         peak = "" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
         peak_peer = "" if r["ratio_peak_vs_peer"] is None else f"{r['ratio_peak_vs_peer']:.3f}"
         lines.append(
             f"| {r['loss']} | {r['impl']} | {r['n']:,} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
             f"{r['ratio_vs_floor']:.2f} | {peer} | {r['saved_bytes_per_element']:g} | {peak} | {peak_peer} |"
+        )
+    steps = [r for r in rows if r["loss"] == COMPILED_STEP]
+    if steps:
+        lines += [
+            "",
+            f"`{COMPILED_STEP}`: a detection head's training step (n anchors, a box and {NUM_CLASSES} logits each; "
+            "CIoU + sigmoid focal loss; forward and backward) under `torch.compile(dynamic=True, fullgraph=True)` "
+            "with each backend's losses inside; `x reference` over the same compiled step with the reference losses.",
+            "",
+            "| impl | n | compile s | fwd ms | fwd+bwd ms | x reference | peak MB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    for r in steps:
+        ratio = "" if r["ratio_vs_reference"] is None else f"{r['ratio_vs_reference']:.3f}"
+        peak = "" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
+        compile_s = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+        lines.append(
+            f"| {r['impl']} | {r['n']:,} | {compile_s} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {ratio} | {peak} |"
         )
     return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@ Disjoint, touching and nested pairs at different positions: where IoU is 0 for e
 disjoint pair (no gradient, Yu et al. / Rezatofighi et al.), and where GIoU equals IoU
 because the enclosing box is the union (nested boxes, and boxes touching along a whole
 side), so that GIoU cannot tell a centred prediction from one in a corner while DIoU's
-centre-distance term can (Zheng et al., AAAI 2020, Fig. 2; seed 003).
+centre-distance term can (Zheng et al., AAAI 2020, Fig. 2).
 """
 
 from __future__ import annotations

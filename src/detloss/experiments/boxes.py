@@ -33,7 +33,8 @@ def box_table(gt: Sequence[float], preds: Sequence[Sequence[float]], box_format:
 def draw_boxes(
     gt: Sequence[float], preds: Sequence[Sequence[float]], box_format: str, path: Path, rows: list[dict[str, Any]]
 ) -> None:
-    """One panel per prediction with both boxes, the enclosing box, rho and c."""
+    """One panel per prediction, titled with its number and coordinates (as in the table of
+    ``detloss boxes``), with both boxes, the enclosing box, rho and c."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,8 +48,9 @@ def draw_boxes(
     fig, axes = plt.subplots(
         (n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.9 * ((n + cols - 1) // cols)), squeeze=False
     )
-    for ax, pred, row in zip(axes.flat, preds, rows):
+    for i, (ax, pred, row) in enumerate(zip(axes.flat, preds, rows)):
         title = (
+            f"prediction {i + 1}: " + ",".join(f"{v:g}" for v in pred) + f" ({box_format})\n"
             f"IoU {row['iou']:.3f}  GIoU {row['giou']:.3f}  DIoU {row['diou']:.3f}\n"
             f"CIoU {row['ciou']:.3f}  EIoU {row['eiou']:.3f}  SIoU {row['siou']:.3f}"
         )

@@ -4,8 +4,9 @@ Six panels, every value computed by the library's own functions (looked up in th
 and every gradient by autograd through them:
 
 - the regression losses L1, L2, smooth L1, Huber and balanced L1 over the error
-  ``x = pred - target`` and their gradients ``dL/dx`` (seed 003's Fig. 1, with Huber and
-  balanced L1 added; Libra R-CNN's Fig. 5 compares balanced L1 with smooth L1 the same way);
+  ``x = pred - target`` and their gradients ``dL/dx`` (smooth L1: Girshick, Fast R-CNN, ICCV
+  2015; Huber, Ann. Math. Statist. 1964; Libra R-CNN's Fig. 5 compares balanced L1 with smooth
+  L1 the same way);
 - cross-entropy against the focal loss for ``gamma`` in 0, 0.5, 1, 2, 5 over the probability
   of the ground-truth class (Lin et al., ICCV 2017, Fig. 1; ``alpha`` off as there);
 - quality focal loss (Li et al., NeurIPS 2020) and varifocal loss (Zhang et al., CVPR 2021)
@@ -96,7 +97,7 @@ def _draw(data: Mapping[str, Any], path: Path) -> None:
         ax_l.plot(error, s[key], style, color=colour, linewidth=2, label=label)
         ax_g.plot(error, s[f"d{key}/dx"], style, color=colour, linewidth=2, label=label)
     ax_l.set_ylim(-0.1, 4.0)
-    ax_l.set_title("regression losses (seed 003, Fig. 1)")
+    ax_l.set_title("regression losses over the error")
     ax_l.set_xlabel("error x = pred - target")
     ax_l.set_ylabel("loss")
     ax_g.set_ylim(-3.2, 3.2)

@@ -13,11 +13,35 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "new_run_dir", "run_header", "write_csv", "write_json"]
+from detloss.errors import DetLossError
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_figure_path",
+    "check_out_folder",
+    "new_run_dir",
+    "run_header",
+    "save_figure",
+    "write_csv",
+    "write_json",
+]
 
 
-def new_run_dir(command: str, out: Path | None = None, root: Path = Path("runs")) -> Path:
-    """``out`` if given, else a fresh ``root/<command>-<stamp>``; created, returned."""
+def check_out_folder(where: str, out: Path) -> None:
+    """Raise unless ``out`` can be a run folder: absent, or a folder (not a file, nor under one)."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "the file" if path == out else "a path under the file"
+                raise DetLossError.bad_argument(where, "out", "a folder", f"{what} {str(path)!r}")
+            return
+
+
+def new_run_dir(command: str, out: Path | None = None, root: Path = Path("runs"), *, create: bool = True) -> Path:
+    """``out`` if given, else a fresh ``root/<command>-<stamp>``; created (unless ``create``
+    is False: then only chosen and checked, for a command that creates it once its
+    settings have passed their checks), returned."""
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = root / f"{command}-{stamp}"
@@ -25,7 +49,10 @@ def new_run_dir(command: str, out: Path | None = None, root: Path = Path("runs")
         while out.exists():
             n += 1
             out = root / f"{command}-{stamp}-{n}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    check_out_folder(command, out)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -71,10 +98,31 @@ def write_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+#: The picture formats a figure is saved in, by the suffix of its path.
+FIGURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
+
+
+def check_figure_path(where: str, name: str, path: Path) -> None:
+    """Raise unless a figure can be saved at ``path``: a known suffix, in an existing folder."""
+    path = Path(path)
+    if path.suffix.lower() not in FIGURE_FORMATS:
+        expected = "a picture file (" + ", ".join(FIGURE_FORMATS) + ")"
+        raise DetLossError.bad_argument(where, name, expected, repr(str(path)))
+    if path.is_dir():
+        raise DetLossError.bad_argument(where, name, "a file, not a folder", repr(str(path)))
+    if not path.parent.is_dir():
+        what = "a file" if path.parent.exists() else "missing"
+        raise DetLossError.bad_argument(
+            where, name, "a file in an existing folder", f"{str(path)!r} (its folder is {what})"
+        )
+
+
 def save_figure(fig: Any, path: Path, dpi: int = 120) -> None:
-    """Save a matplotlib figure atomically as PNG."""
+    """Save a matplotlib figure atomically, as the suffix of ``path`` says (PNG, JPEG, PDF, SVG)."""
+    path = Path(path)
+    check_figure_path("save_figure", "path", path)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buffer, format=FIGURE_FORMATS[path.suffix.lower()], dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
 
 

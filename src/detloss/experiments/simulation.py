@@ -74,7 +74,7 @@ TABLE_STEPS: tuple[int, ...] = (1, 50, 100, 160, 200)
 #: A case has converged when its final l1 error is below this.
 CONVERGED_L1 = 0.01
 #: Final errors E(200) at full size to compare with: read off the paper's Fig. 3(b), and
-#: what a faithful reimplementation gave (PAPERS.md, "The DIoU simulation").
+#: what an independent reimplementation of the authors' code gave at full size.
 REFERENCE: dict[str, dict[str, dict[str, float]]] = {
     "paper_figure": {"paper": {"iou": 5.9e6, "giou": 1.5e6, "diou": 0.0, "ciou": 0.0}},
     "reimplementation": {
@@ -210,8 +210,8 @@ def exact_direction(loss: str) -> Direction:
 def paper_direction(kind: str) -> Direction:
     """``(boxes, targets) -> (D, IoU)``: the direction of the authors' simulation code.
 
-    Facts about the published MATLAB code of Zheng et al. (PAPERS.md, "The DIoU simulation"),
-    in ``(x, y, w, h)``, ``t = y - h/2``, ``b = y + h/2``, ``l = x - w/2``, ``r = x + w/2``:
+    Facts about the MATLAB code that Zheng et al. (AAAI 2020) published with the paper, in
+    ``(x, y, w, h)``, ``t = y - h/2``, ``b = y + h/2``, ``l = x - w/2``, ``r = x + w/2``:
 
     1. IoU part, in ``(t, b, l, r)``: intersection sides from ``max``/``min`` NOT clamped at
        0, ``I = (ib - it)(ir - il)``, ``U = |B| + |B_gt| - I``; one-sided partials of ``I``
@@ -440,14 +440,9 @@ def run_cases(
     wait on each other slowed this work down a hundredfold in our measurements, and
     single-threaded chunks give the same numbers whatever the number of workers.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from detloss.experiments.progress import progress_bar
 
     columns = (
         TextColumn("[bold]{task.description:<18}"),
@@ -457,7 +452,7 @@ def run_cases(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with progress_bar(*columns, enabled=progress) as bar:
         tasks = {run: bar.add_task(f"{run[0]} / {run[1]}", total=setup.chunks) for run in runs}
         todo = []
         for loss, gradient in runs:

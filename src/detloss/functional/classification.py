@@ -10,9 +10,10 @@ Conventions shared by the functions of this module:
   for logits of ``+-1e4`` and give the exact limits there, e.g. the BCE of logit ``-1e4``
   against target 1 is ``1e4`` with gradient ``-1``.
 - **Powers with an exponent in (0, 1)** (``gamma`` or ``beta`` below 1) have an infinite
-  derivative where their base is 0 (``p_t = 1``). The base is held at least at the smallest
-  normal float (``1.2e-38`` in float32): the loss changes by less than that, and the
-  gradient stays finite. An exponent of 0 drops the factor (exactly 1).
+  derivative where their base is 0 (``p_t = 1``). A base below the smallest normal float
+  (``1.2e-38`` in float32) gets no gradient there, and keeps its exact value: the floor
+  guards the gradient, it never moves the loss (QFL with ``beta = 0.1`` at ``p = y`` is 0,
+  not ``(1.2e-38)^0.1 BCE = 1.1e-4``). An exponent of 0 drops the factor (exactly 1).
 - **Dtypes**: half and bfloat16 inputs are computed (and returned) in float32.
 - **Targets** of the binary family are the logits' shape, soft (in ``[0, 1]``) or one-hot.
   :func:`binary_cross_entropy_loss` and :func:`sigmoid_focal_loss` also take integer labels
@@ -38,11 +39,23 @@ from typing import cast
 import torch
 import torch.nn.functional as tnf
 
-from detloss import _fused
-from detloss._checks import check_choice, check_floating, check_range, check_same_device, check_same_shape, upcast
+from detloss import _backend
+from detloss._checks import (
+    check_broadcasts_to,
+    check_broadcasts_with,
+    check_choice,
+    check_flag,
+    check_floating,
+    check_integer,
+    check_range,
+    check_same_device,
+    check_same_shape,
+    upcast,
+)
 from detloss._typing import AvgFactor, BoxFormat, IoUKind, Reduction
 from detloss.boxes.iou import IOU_KINDS, box_similarity, prepare_pair
 from detloss.errors import DetLossError
+from detloss.functional._math import finite_pow
 from detloss.reduction import reduce_loss
 
 __all__ = [
@@ -84,8 +97,9 @@ def _tensor(where: str, name: str, t: object) -> torch.Tensor:
 
 
 def _check_labels(where: str, name: str, labels: torch.Tensor, num: int, ignore_index: int | None = None) -> None:
-    """Raise unless every label is in ``[0, num)`` (or equals ``ignore_index``); CPU tensors only."""
-    if labels.device.type != "cpu" or labels.numel() == 0:
+    """Raise unless every label is in ``[0, num)`` (or equals ``ignore_index``); CPU tensors only,
+    and not inside ``torch.compile`` (reading the labels would break the graph)."""
+    if labels.device.type != "cpu" or labels.numel() == 0 or torch.compiler.is_compiling():
         return
     bad = (labels < 0) | (labels >= num)
     if ignore_index is not None:
@@ -153,14 +167,11 @@ def _class_vector(where: str, name: str, values: object, x: torch.Tensor, *, uni
 def _safe_pow(base: torch.Tensor, exponent: float) -> torch.Tensor:
     """``base ** exponent`` for ``base`` in ``[0, 1]``, with a finite gradient for any exponent >= 0.
 
-    Exponent 0 gives exactly 1 (no factor); an exponent in (0, 1) holds the base at the
-    smallest normal float, where the true derivative is infinite.
+    Exponent 0 gives exactly 1 (no factor); for an exponent in (0, 1), where the true
+    derivative at 0 is infinite, a base below the smallest normal float gets no gradient
+    and keeps its exact value (:func:`~detloss.functional._math.finite_pow`).
     """
-    if exponent == 0:
-        return torch.ones_like(base)
-    if exponent < 1:
-        base = base.clamp(min=torch.finfo(base.dtype).tiny)
-    return base.pow(exponent)
+    return finite_pow(base, exponent, torch.finfo(base.dtype).tiny)
 
 
 def _one_minus_pt(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -172,7 +183,7 @@ def _bce_elementwise(
     logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | float | None
 ) -> torch.Tensor:
     """``-(w t log p + (1 - t) log(1 - p))`` with ``log p = logsigmoid(x)``, ``log(1 - p) = logsigmoid(-x)``."""
-    fast = None if pos_weight is not None else _fused.binary_loss(logits, target, "bce")
+    fast = None if pos_weight is not None else _backend.binary_loss(logits, target, "bce")
     if fast is not None:  # None: the backend is "reference" or does not cover this call
         return fast
     positive = target * tnf.logsigmoid(logits)
@@ -185,7 +196,7 @@ def _sigmoid_focal_elementwise(
     logits: torch.Tensor, target: torch.Tensor, alpha: float | None, gamma: float
 ) -> torch.Tensor:
     """``-alpha_t (1 - p_t)^gamma [t log p + (1 - t) log(1 - p)]`` (Lin et al., Eq. 5, soft ``t``)."""
-    fast = _fused.binary_loss(logits, target, "focal", alpha=alpha, gamma=gamma)
+    fast = _backend.binary_loss(logits, target, "focal", alpha=alpha, gamma=gamma)
     if fast is not None:
         return fast
     loss = _bce_elementwise(logits, target, None)
@@ -198,7 +209,7 @@ def _sigmoid_focal_elementwise(
 
 def _quality_focal_elementwise(logits: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
     """``|y - p|^beta BCE(p, y)``; ``y - p = y (1 - p) - (1 - y) p`` from sigmoids (exact for y in {0, 1})."""
-    fast = _fused.binary_loss(logits, target, "quality", gamma=beta)
+    fast = _backend.binary_loss(logits, target, "quality", gamma=beta)
     if fast is not None:
         return fast
     loss = _bce_elementwise(logits, target, None)
@@ -210,7 +221,7 @@ def _quality_focal_elementwise(logits: torch.Tensor, target: torch.Tensor, beta:
 
 def _varifocal_elementwise(logits: torch.Tensor, target: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
     """``q BCE(p, q)`` where ``q > 0``, ``alpha p^gamma BCE(p, 0)`` where ``q = 0`` (VarifocalNet, Eq. 2)."""
-    fast = _fused.binary_loss(logits, target, "varifocal", alpha=alpha, gamma=gamma)
+    fast = _backend.binary_loss(logits, target, "varifocal", alpha=alpha, gamma=gamma)
     if fast is not None:
         return fast
     loss = _bce_elementwise(logits, target, None)
@@ -246,6 +257,22 @@ def cross_entropy_loss(
     Unlike ``torch.nn.functional.cross_entropy``, ``"mean"`` divides by the number of rows
     (or ``avg_factor``), not by the sum of the class weights of the non-ignored rows:
     pass ``avg_factor=(target != ignore_index).sum()`` to average over the rows that count.
+
+    Args:
+        pred: logits ``(..., C)``, floating.
+        target: integer labels ``pred.shape[:-1]`` in ``[0, C)`` (or ``ignore_index``), or
+            class probabilities / one-hot rows of ``pred``'s shape.
+        class_weight: ``C`` weights ``>= 0`` (a sequence or tensor), or ``None`` for all 1.
+        ignore_index: a label whose rows give 0 (labels only).
+        label_smoothing: in ``[0, 1]``, mixed with the uniform distribution.
+        weight: broadcasts to the elementwise loss's shape (e.g. ``(N, 1)``: one per anchor).
+        reduction: ``"none"`` (the elementwise loss), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements (the number of
+            positives, as the paper normalises); below 1 it counts as 1.
+
+    Shape:
+        - pred: ``(*, C)``; target: labels ``(*)`` or rows ``(*, C)``.
+        - output: ``(*)``, one value per row, for ``reduction="none"``, else ``()``.
 
     Example:
         >>> pred = torch.log(torch.tensor([[1.0, 3.0]]))  # probabilities 1/4, 3/4
@@ -310,6 +337,21 @@ def softmax_focal_loss(
     belongs to its sigmoid form). ``gamma = 2`` as in the paper; ``gamma = 0`` with
     ``alpha=None`` is :func:`cross_entropy_loss`. ``1 - p_c`` is ``-expm1(log p_c)``.
 
+    Args:
+        pred: logits ``(..., C)``, floating.
+        target: integer labels ``pred.shape[:-1]`` in ``[0, C)``, or class probabilities /
+            one-hot rows of ``pred``'s shape.
+        alpha: ``C`` balance weights in ``[0, 1]`` (a sequence or tensor), or ``None``.
+        gamma: the focusing exponent, ``>= 0``.
+        weight: broadcasts to the elementwise loss's shape (e.g. ``(N, 1)``: one per anchor).
+        reduction: ``"none"`` (the elementwise loss), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements (the number of
+            positives, as the paper normalises); below 1 it counts as 1.
+
+    Shape:
+        - pred: ``(*, C)``; target: labels ``(*)`` or rows ``(*, C)``.
+        - output: ``(*)``, one value per row, for ``reduction="none"``, else ``()``.
+
     Example:
         >>> pred = torch.log(torch.tensor([[1.0, 3.0]]))  # probabilities 1/4, 3/4
         >>> softmax_focal_loss(pred, torch.tensor([1]))  # (1/4)^2 * -ln(3/4)
@@ -358,6 +400,20 @@ def binary_cross_entropy_loss(
     Computed as ``logsigmoid(x)``, ``logsigmoid(-x)``: logit ``-1e4`` against target 1 gives
     ``1e4`` (gradient ``-1``), not ``inf``.
 
+    Args:
+        pred: logits (never probabilities), floating; half precision runs in float32.
+        target: soft or one-hot targets of ``pred``'s shape in ``[0, 1]``, or integer labels
+            ``pred.shape[:-1]`` in ``[0, C]`` (``C``: background).
+        pos_weight: ``w_+ >= 0``, a number or a tensor broadcasting to ``pred``'s shape, or ``None``.
+        weight: broadcasts to the elementwise loss's shape (e.g. ``(N, 1)``: one per anchor).
+        reduction: ``"none"`` (the elementwise loss), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements (the number of
+            positives, as the paper normalises); below 1 it counts as 1.
+
+    Shape:
+        - pred: ``(*, C)``; target: ``(*, C)`` (or labels ``(*)`` where stated).
+        - output: ``(*, C)`` for ``reduction="none"``, else ``()``.
+
     Example:
         >>> pred, target = torch.zeros(2), torch.tensor([1.0, 0.0])  # p = 1/2
         >>> binary_cross_entropy_loss(pred, target)  # ln 2
@@ -372,14 +428,7 @@ def binary_cross_entropy_loss(
     if isinstance(pos_weight, torch.Tensor):
         check_floating(where, "pos_weight", pos_weight)
         pw = pos_weight.to(device=x.device, dtype=x.dtype)
-        try:
-            ok = torch.broadcast_shapes(x.shape, pw.shape) == x.shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise DetLossError.bad_argument(
-                where, "pos_weight", f"a shape that broadcasts to {tuple(x.shape)}", f"shape {tuple(pw.shape)}"
-            )
+        check_broadcasts_to(where, "pos_weight", pw, x.shape)
     elif pos_weight is not None:
         check_range(where, "pos_weight", pos_weight, 0.0, _UNBOUNDED, high_open=True)
     loss = _bce_elementwise(x, t, pw)
@@ -400,7 +449,7 @@ def sigmoid_focal_loss(
 
     ``p = sigmoid(x)``; for a target ``t`` in ``{0, 1}``, ``p_t = p`` and ``alpha_t = alpha``
     where ``t = 1``, ``p_t = 1 - p`` and ``alpha_t = 1 - alpha`` where ``t = 0`` (the paper's
-    definitions, also those of seed 001's YOLOv4 code). Defaults are the paper's best,
+    definitions). Defaults are the paper's best,
     ``alpha = 0.25, gamma = 2`` (Table 1b); ``alpha=None`` turns the balance off
     (``alpha_t = 1``), and ``gamma = 0, alpha=None`` is the binary cross-entropy. The paper
     normalises the sum by the number of positive anchors: pass ``avg_factor=num_pos``.
@@ -412,6 +461,21 @@ def sigmoid_focal_loss(
     ``pred.shape[:-1]`` in ``[0, C]`` (``C`` = background). Elementwise, shape of ``pred``.
     ``1 - p_t = t sigmoid(-x) + (1 - t) sigmoid(x)`` keeps its full precision at large
     logits; for ``0 < gamma < 1`` see the module notes (finite gradient at ``p_t = 1``).
+
+    Args:
+        pred: logits (never probabilities), floating; half precision runs in float32.
+        target: soft or one-hot targets of ``pred``'s shape in ``[0, 1]``, or integer labels
+            ``pred.shape[:-1]`` in ``[0, C]`` (``C``: background).
+        alpha: the positives' balance in ``[0, 1]``, or ``None`` for no balance.
+        gamma: the focusing exponent, ``>= 0`` (0 with ``alpha=None``: BCE).
+        weight: broadcasts to the elementwise loss's shape (e.g. ``(N, 1)``: one per anchor).
+        reduction: ``"none"`` (the elementwise loss), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements (the number of
+            positives, as the paper normalises); below 1 it counts as 1.
+
+    Shape:
+        - pred: ``(*, C)``; target: ``(*, C)`` (or labels ``(*)`` where stated).
+        - output: ``(*, C)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> pred = torch.log(torch.tensor([3.0, 3.0]))  # p = 3/4
@@ -444,6 +508,19 @@ def quality_focal_loss(
     detached predictions) in the ground-truth class's column, 0 elsewhere and for
     negatives. ``beta = 2`` as in the paper; ``beta = 0`` is the binary cross-entropy on soft
     targets. Normalise by the number of positives (``avg_factor``). Elementwise.
+
+    Args:
+        pred: logits (never probabilities), floating; half precision runs in float32.
+        target: the quality (IoU) targets in ``[0, 1]``, ``pred``'s shape.
+        beta: the exponent of ``|y - p|``, ``>= 0`` (0: BCE on soft targets).
+        weight: broadcasts to the elementwise loss's shape (e.g. ``(N, 1)``: one per anchor).
+        reduction: ``"none"`` (the elementwise loss), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements (the number of
+            positives, as the paper normalises); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*)``, the same (e.g. ``(N, C)``).
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> quality_focal_loss(torch.tensor([0.0]), torch.tensor([0.8]))  # |0.8 - 0.5|^2 ln 2
@@ -478,6 +555,20 @@ def varifocal_loss(
     score (IoU with the ground truth in its class's column, 0 elsewhere). Positives are
     weighted by ``q`` itself, only negatives are down-weighted, by ``alpha p^gamma``
     (``alpha = 0.75, gamma = 2`` as in the paper). Elementwise.
+
+    Args:
+        pred: logits (never probabilities), floating; half precision runs in float32.
+        target: the IoU-aware scores ``q`` in ``[0, 1]``, ``pred``'s shape (0 for negatives).
+        alpha: the negatives' scale, in ``[0, 1]``.
+        gamma: the negatives' exponent of ``p``, ``>= 0``.
+        weight: broadcasts to the elementwise loss's shape (e.g. ``(N, 1)``: one per anchor).
+        reduction: ``"none"`` (the elementwise loss), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements (the number of
+            positives, as the paper normalises); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*)``, the same (e.g. ``(N, C)``).
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> pred = torch.zeros(2)  # p = 1/2
@@ -516,9 +607,12 @@ def ghm_c_loss(
     where ``N`` counts the valid elements, ``R_k`` those in region ``k`` and ``n`` the
     non-empty regions (the authors' code; the paper's unit-region density divides by
     ``bins`` instead, which is the same when every region is occupied). The loss is
-    ``beta * BCE``, elementwise; ``"mean"`` divides its sum by the number of elements, i.e.
-    ``N``, as the authors do. Elements whose ``weight`` is 0 are left out of the counts (and
-    of the loss), like mmdetection's ``label_weight``.
+    ``beta * BCE``, elementwise, and ``"mean"`` is the paper's
+    :math:`L = \frac{1}{N} \sum_i \beta_i \mathrm{BCE}_i`: the sum over ``N``, the number of
+    valid elements, not over every element (the authors' code and mmdetection's ``GHMC``
+    divide by the same count). Elements whose ``weight`` is 0 are left out of the counts and
+    of the loss, like mmdetection's ``label_weight``; a weight other than 0 and 1 also scales
+    its element's loss (mmdetection uses ``label_weight`` as a mask only).
 
     ``momentum > 0`` replaces ``R_k`` by a running count
     ``R_k <- momentum R_k + (1 - momentum) R_k(batch)`` (updated for non-empty regions only),
@@ -527,6 +621,21 @@ def ghm_c_loss(
     use :class:`detloss.nn.GHMCLoss`, which keeps it and advances it in training mode only.
     With ``momentum = 0`` (the default) ``running_count`` is ignored. The paper's RetinaNet
     setting is ``bins=30, momentum=0.75``.
+
+    Args:
+        pred: logits (never probabilities), floating; half precision runs in float32.
+        target: 0/1 or soft targets in ``[0, 1]``, ``pred``'s shape.
+        bins: the number of gradient-norm regions, an integer ``>= 1``.
+        momentum: in ``[0, 1)``; above 0 the densities are running counts.
+        running_count: the ``bins`` running counts, updated in place; needed when ``momentum > 0``.
+        weight: broadcasts to ``pred``'s shape; elements of weight 0 are left out of the counts.
+        reduction: ``"none"``, ``"mean"`` (the sum over the valid elements' number, the paper's
+            ``N``) or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of ``N``; below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*)``, the same (e.g. ``(N, C)``).
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example (one easy example among three harder ones gets the larger weight):
         >>> pred = torch.log(torch.tensor([1.0, 1.0, 1.0, 3.0]))  # p = 1/2, 1/2, 1/2, 3/4
@@ -537,8 +646,7 @@ def ghm_c_loss(
     where = "ghm_c_loss"
     x = _logits(where, "pred", pred)
     t = _dense_target(where, x, target)
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise DetLossError.bad_argument(where, "bins", "an integer >= 1", repr(bins))
+    check_integer(where, "bins", bins, 1)
     check_range(where, "momentum", momentum, 0.0, 1.0, high_open=True)
     if running_count is not None:
         check_floating(where, "running_count", running_count)
@@ -553,14 +661,7 @@ def ghm_c_loss(
     if weight is not None:
         check_floating(where, "weight", weight)
         check_same_device(where, "pred", x, "weight", weight)
-        try:
-            ok = torch.broadcast_shapes(x.shape, weight.shape) == x.shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise DetLossError.bad_argument(
-                where, "weight", f"a shape that broadcasts to {tuple(x.shape)}", f"shape {tuple(weight.shape)}"
-            )
+        check_broadcasts_to(where, "weight", weight, x.shape)
     with torch.no_grad():
         g = (torch.sigmoid(x) - t).abs()
         index = (g * bins).floor().clamp(0, bins - 1).long()
@@ -581,6 +682,8 @@ def ghm_c_loss(
         beta = beta / occupied.sum().clamp(min=1)
         harmonizer = torch.where(valid, beta[index], torch.zeros_like(x))
     loss = _bce_elementwise(x, t, None) * harmonizer
+    if reduction == "mean" and avg_factor is None:
+        avg_factor = total  # the paper's N: the valid elements, not every element
     return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
@@ -603,17 +706,34 @@ def iou_aware_loss(
     r"""IoU-aware loss: :math:`\mathrm{BCE}(\sigma(x), \mathrm{IoU}(\hat b, b))` for a predicted-IoU logit ``x``.
 
     Reference: Wu, Li and Wang, "IoU-aware Single-stage Object Detector for Accurate
-    Localization", Image and Vision Computing 2020 (arXiv 1912.05992); seed 004. ``pred``:
+    Localization", Image and Vision Computing 2020 (arXiv 1912.05992). ``pred``:
     IoU logits ``(...)``; ``pred_boxes`` (the decoded predictions) and ``target_boxes``:
     ``(..., 4)`` in ``box_format``. The target is the IoU of each pair, or any ``kind`` of
     :func:`detloss.boxes.aligned_iou` (``giou``, ``diou``, ...), clamped to ``[0, 1]`` so that
     it is a probability. Apply it to positives and normalise by their number
     (``avg_factor=num_pos``), as the paper does.
 
-    ``detach_target=True`` (default; seed 004 computes the IoU without gradient) trains only
+    ``detach_target=True`` (default: the IoU target computed without gradient) trains only
     the IoU head: ``pred_boxes`` get an exact zero gradient (they stay in the graph, so their
     ``.grad`` is a zero tensor, not ``None``). ``detach_target=False`` lets the gradient flow
     into the box branch through the target, as the authors' released code does.
+
+    Args:
+        pred: IoU logits, one per box pair, floating.
+        pred_boxes: the decoded predicted boxes in ``box_format``.
+        target_boxes: their ground-truth boxes, broadcasting with ``pred_boxes``.
+        kind: the overlap used as target, one of ``iou, giou, diou, ciou, eiou, siou``.
+        detach_target: ``True`` to train the IoU head only (the boxes get a zero gradient).
+        box_format: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
+        eps: in ``(0, 1]``, as in :func:`detloss.boxes.aligned_iou`.
+        weight: broadcasts to the elementwise loss's shape (e.g. ``(N, 1)``: one per anchor).
+        reduction: ``"none"`` (the elementwise loss), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements (the number of
+            positives, as the paper normalises); below 1 it counts as 1.
+
+    Shape:
+        - pred: ``(*)``; pred_boxes, target_boxes: ``(*, 4)``, broadcasting.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> pred_boxes = torch.tensor([[0.0, 0.0, 4.0, 2.0]])
@@ -625,8 +745,7 @@ def iou_aware_loss(
     where = "iou_aware_loss"
     x = _logits(where, "pred", pred)
     check_choice(where, "kind", kind, IOU_KINDS)
-    if not isinstance(detach_target, bool):
-        raise DetLossError.bad_argument(where, "detach_target", "True or False", repr(detach_target))
+    check_flag(where, "detach_target", detach_target)
     p, t = prepare_pair(where, pred_boxes, target_boxes, box_format, eps, names=("pred_boxes", "target_boxes"))
     check_same_device(where, "pred_boxes", p, "pred", x)
     pairs = torch.broadcast_shapes(p.shape, t.shape)[:-1]
@@ -655,6 +774,15 @@ def iou_aware_score(cls_prob: torch.Tensor, iou: torch.Tensor, *, alpha: float =
     al. write ``p^alpha IoU^(1 - alpha)`` (their alpha weights the probability): their alpha
     is ``1 - alpha`` here. The default 0.5 (the geometric mean) is the same in both.
 
+    Args:
+        cls_prob: classification probabilities in ``[0, 1]`` (after the sigmoid).
+        iou: predicted IoUs in ``[0, 1]``, broadcasting with ``cls_prob``.
+        alpha: the weight of the IoU, in ``[0, 1]``.
+
+    Shape:
+        - cls_prob, iou: broadcasting, e.g. ``(N, C)`` and ``(N, 1)``.
+        - output: their broadcast shape.
+
     Example:
         >>> iou_aware_score(torch.tensor([0.64]), torch.tensor([0.25]))  # sqrt(0.64 * 0.25)
         tensor([0.4000])
@@ -664,12 +792,7 @@ def iou_aware_score(cls_prob: torch.Tensor, iou: torch.Tensor, *, alpha: float =
     q = _logits(where, "iou", iou)
     check_range(where, "alpha", alpha, 0.0, 1.0)
     check_same_device(where, "cls_prob", p, "iou", q)
-    try:
-        torch.broadcast_shapes(p.shape, q.shape)
-    except RuntimeError:
-        raise DetLossError.bad_argument(
-            where, "iou", f"a shape that broadcasts with `cls_prob` {tuple(p.shape)}", f"shape {tuple(q.shape)}"
-        ) from None
+    check_broadcasts_with(where, "cls_prob", p, "iou", q)
     return p.clamp(0.0, 1.0).pow(1.0 - alpha) * q.clamp(0.0, 1.0).pow(alpha)
 
 
@@ -688,7 +811,7 @@ def kl_div_distill_loss(
     r"""Soft-label distillation: :math:`T^2\, \mathrm{KL}(\mathrm{softmax}(t / T) \,\|\, \mathrm{softmax}(s / T))`.
 
     Reference: Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network",
-    arXiv 1503.02531 (2015); seed 002. ``pred``: student logits ``s`` ``(..., C)``; ``target``:
+    arXiv 1503.02531 (2015). ``pred``: student logits ``s`` ``(..., C)``; ``target``:
     teacher logits ``t`` of the same shape, detached (no gradient reaches the teacher). One
     value per row: the textbook sum over classes
     :math:`\sum_c q_c (\log q_c - \log p_c)`, times ``T^2`` so that the gradient's scale does
@@ -697,6 +820,19 @@ def kl_div_distill_loss(
 
     ``temperature = 1`` (the plain KL divergence) by default: Hinton et al. tune ``T`` per
     task and give no single value; mmdetection's localisation distillation uses 10.
+
+    Args:
+        pred: the student's logits ``(..., C)``.
+        target: the teacher's logits, ``pred``'s shape (detached).
+        temperature: ``T > 0``, dividing both before the softmax.
+        weight: broadcasts to the elementwise loss's shape (e.g. ``(N, 1)``: one per anchor).
+        reduction: ``"none"`` (the elementwise loss), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements (the number of
+            positives, as the paper normalises); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, C)``.
+        - output: ``(*)``, one value per row, for ``reduction="none"``, else ``()``.
 
     Example:
         >>> student = torch.zeros(1, 2)  # p = (1/2, 1/2)
@@ -738,10 +874,23 @@ def hinge_loss(
 ) -> torch.Tensor:
     r"""Hinge loss: :math:`\max(0, m - y f)` for a real score ``f`` and a label ``y = +-1``.
 
-    The SVM's loss (Cortes and Vapnik, "Support-Vector Networks", Machine Learning 1995;
-    seed 002): zero once the example is on the right side with margin ``m = 1``. ``target``:
+    The SVM's loss (Cortes and Vapnik, "Support-Vector Networks", Machine Learning 1995):
+    zero once the example is on the right side with margin ``m = 1``. ``target``:
     labels of ``pred``'s shape in ``{-1, +1}`` or ``{0, 1}`` (a value > 0 is positive, any
     other negative; not range-checked). Elementwise. The gradient at the kink ``y f = m`` is 0.
+
+    Args:
+        pred: real scores ``f``, floating.
+        target: labels of ``pred``'s shape, ``{-1, +1}`` or ``{0, 1}`` (a value > 0 is positive).
+        margin: ``m >= 0``.
+        weight: broadcasts to the elementwise loss's shape (e.g. ``(N, 1)``: one per anchor).
+        reduction: ``"none"`` (the elementwise loss), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements (the number of
+            positives, as the paper normalises); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*)``, the same (e.g. ``(N, C)``).
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> scores = torch.tensor([2.0, 0.5, -1.0])
@@ -768,7 +917,7 @@ def exponential_loss(
     r"""Exponential loss: :math:`e^{-y f}` for a real score ``f`` and a label ``y = +-1``.
 
     AdaBoost's loss (Freund and Schapire, J. Comput. Syst. Sci. 1997; Friedman, Hastie and
-    Tibshirani, Ann. Statist. 2000; seed 002). ``target``: labels of ``pred``'s shape in
+    Tibshirani, Ann. Statist. 2000). ``target``: labels of ``pred``'s shape in
     ``{-1, +1}`` or ``{0, 1}`` (a value > 0 is positive). Elementwise.
 
     ``e^z`` overflows float32 beyond ``z = 88.7``; so that a badly wrong score still gives
@@ -780,6 +929,20 @@ def exponential_loss(
     (slope ``e^10 = 22026``) if the gradient must fit float16 (largest value 65504): with
     the default, the value (float32) stays finite but a float16 leaf's gradient past
     ``z = 11`` is beyond float16's range.
+
+    Args:
+        pred: real scores ``f``, floating.
+        target: labels of ``pred``'s shape, ``{-1, +1}`` or ``{0, 1}`` (a value > 0 is positive).
+        max_exponent: where the loss continues along its tangent (a finite number), or ``None``
+            for the pure exponential.
+        weight: broadcasts to the elementwise loss's shape (e.g. ``(N, 1)``: one per anchor).
+        reduction: ``"none"`` (the elementwise loss), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of elements (the number of
+            positives, as the paper normalises); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*)``, the same (e.g. ``(N, C)``).
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> scores = torch.tensor([0.0, 0.6931472])  # 0, ln 2

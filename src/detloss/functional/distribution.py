@@ -64,6 +64,18 @@ def distribution_focal_loss(
     (mmdetection's box coder clips targets to ``R - 0.1`` before the loss; on targets below
     that the two agree.) The targets carry no gradient.
 
+    Args:
+        pred: bin logits ``(..., R + 1)``, floating; ``R`` is read from the last dimension.
+        target: continuous side lengths in bin units, ``pred.shape[:-1]``, clipped to ``[0, R]``.
+        weight: broadcasts to ``target``'s shape (e.g. ``(N, 1)``: one per box).
+        reduction: ``"none"`` (one value per side), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of sides (e.g.
+            ``4 * num_pos``); below 1 it counts as 1.
+
+    Shape:
+        - pred: ``(*, R + 1)``; target: ``(*)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
+
     Example (R = 4: bins 0..4 with probabilities 1, 1, 6, 2, 1 over 11):
         >>> pred = torch.log(torch.tensor([[1.0, 1.0, 6.0, 2.0, 1.0]]))
         >>> distribution_focal_loss(pred, torch.tensor([2.25]))  # -(0.75 ln 6/11 + 0.25 ln 2/11)
@@ -86,6 +98,12 @@ def distribution_expectation(logits: torch.Tensor) -> torch.Tensor:
 
     GFL's "integral" decoding of a box side (in bin units) from logits ``(..., R + 1)``; the
     result has shape ``(...)`` and lies in ``[0, R]``. Half inputs are computed in float32.
+
+    Args:
+        logits: bin logits ``(..., R + 1)``, floating.
+
+    Shape:
+        - logits: ``(*, R + 1)``; output: ``(*)``.
 
     Example:
         >>> logits = torch.log(torch.tensor([1.0, 1.0, 6.0, 2.0, 1.0]))

@@ -7,17 +7,21 @@ in ``box_format`` (``xyxy`` by default), returns the loss reduced by
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
-from detloss import _fused
+from detloss import _backend
 from detloss._checks import check_choice, check_flag, check_floating, check_range
 from detloss._typing import AvgFactor, BoxFormat, IoUKind, Reduction
 from detloss.boxes.convert import convert, to_xyxy
-from detloss.boxes.iou import IOU_KINDS, box_similarity, prepare_pair
+from detloss.boxes.iou import IOU_KINDS, AspectGrad, box_similarity, prepare_pair
 from detloss.errors import DetLossError
+from detloss.functional._math import finite_pow
 from detloss.reduction import reduce_loss
+
+#: ``iou_loss``'s forms: ``1 - IoU`` or ``-ln IoU``.
+IoULossMode = Literal["linear", "log"]
 
 __all__ = [
     "alpha_iou_loss",
@@ -31,9 +35,34 @@ __all__ = [
     "iou_loss",
     "mpdiou_loss",
     "nwd_loss",
+    "reduce_box_loss",
     "siou_loss",
     "wiou_loss",
 ]
+
+
+def reduce_box_loss(
+    loss: torch.Tensor,
+    reduction: Reduction,
+    *,
+    weight: torch.Tensor | None,
+    avg_factor: AvgFactor | None,
+    where: str,
+) -> torch.Tensor:
+    """:func:`~detloss.reduction.reduce_loss` for a loss with one value per box pair.
+
+    Besides a weight per pair (the loss's shape, or one that broadcasts to it), a box loss
+    takes the two layouts of the detection frameworks: one weight per coordinate, ``(..., 4)``
+    like the boxes (mmdetection's ``bbox_weights``), averaged over the coordinates, and a
+    trailing singleton, ``(..., 1)`` (ultralytics' ``target_scores.sum(-1, keepdim=True)``),
+    dropped.
+    """
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.dim() == loss.dim() + 1:
+        if weight.shape[-1] == 4:
+            weight = weight.mean(dim=-1)
+        elif weight.shape[-1] == 1:
+            weight = weight.squeeze(-1)
+    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
 def box_loss(
@@ -47,7 +76,7 @@ def box_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Checked ``(1 - similarity, iou)`` elementwise, for the losses of this package."""
     p, t = prepare_pair(where, pred, target, box_format, eps)
-    fast = _fused.box_loss(p, t, kind, eps, **options)  # None: the backend is "reference" or does not cover it
+    fast = _backend.box_loss(p, t, kind, eps, **options)  # None: the backend is "reference" or does not cover it
     if fast is not None:
         return fast
     similarity, iou = box_similarity(p, t, kind, eps, **options)
@@ -58,7 +87,7 @@ def iou_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
     *,
-    mode: str = "linear",
+    mode: IoULossMode = "linear",
     box_format: BoxFormat = "xyxy",
     eps: float = 1e-7,
     weight: torch.Tensor | None = None,
@@ -68,9 +97,26 @@ def iou_loss(
     r"""IoU loss: :math:`1 - \mathrm{IoU}` (``mode="linear"``) or :math:`-\ln \mathrm{IoU}` (``"log"``).
 
     Reference: Yu et al., "UnitBox: An Advanced Object Detection Network", ACM MM 2016
-    (the ``log`` form); the linear form is the common one (seed 003, Eq. 12). Its gradient
+    (the ``log`` form); the linear form ``1 - IoU`` is the common one. Its gradient
     vanishes for disjoint boxes. In ``log`` mode the IoU is floored at ``eps`` so a
     disjoint pair gives ``-ln(eps)`` (16.1 for the default), not infinity.
+
+    Args:
+        pred: predicted boxes in ``box_format``, floating (half precision runs in float32).
+        target: ground-truth boxes in ``box_format``, broadcasting with ``pred``; needs no gradient.
+        mode: ``"linear"`` for ``1 - IoU``, ``"log"`` for ``-ln IoU`` (IoU floored at ``eps``).
+        box_format: the layout of both: ``"xyxy"`` (corners), ``"xywh"`` (left, top, width,
+            height) or ``"cxcywh"`` (centre, width, height).
+        eps: in ``(0, 1]``, added to the denominators so that degenerate boxes stay finite.
+        weight: one weight per pair, of the loss's shape or broadcasting to it; ``(*, 4)`` (one
+            per coordinate, as mmdetection's) is averaged over the four, ``(*, 1)`` broadcast.
+        reduction: ``"none"`` (one value per pair), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of pairs (e.g. the number
+            of positives); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting to ``(*, 4)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> pred = torch.tensor([[0.0, 0.0, 4.0, 2.0]])
@@ -81,11 +127,11 @@ def iou_loss(
         tensor(1.0986)
     """
 
-    check_choice("iou_loss", "mode", mode, ("linear", "log"))
+    check_choice("iou_loss", "mode", mode, get_args(IoULossMode))
     loss, iou = box_loss("iou_loss", "iou", pred, target, box_format, eps)
     if mode == "log":
         loss = -torch.log(iou.clamp(min=eps))
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="iou_loss")
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="iou_loss")
 
 
 def giou_loss(
@@ -103,6 +149,22 @@ def giou_loss(
     ``C`` is the smallest box enclosing both. Reference: Rezatofighi et al., "Generalized
     Intersection over Union", CVPR 2019.
 
+    Args:
+        pred: predicted boxes in ``box_format``, floating (half precision runs in float32).
+        target: ground-truth boxes in ``box_format``, broadcasting with ``pred``; needs no gradient.
+        box_format: the layout of both: ``"xyxy"`` (corners), ``"xywh"`` (left, top, width,
+            height) or ``"cxcywh"`` (centre, width, height).
+        eps: in ``(0, 1]``, added to the denominators so that degenerate boxes stay finite.
+        weight: one weight per pair, of the loss's shape or broadcasting to it; ``(*, 4)`` (one
+            per coordinate, as mmdetection's) is averaged over the four, ``(*, 1)`` broadcast.
+        reduction: ``"none"`` (one value per pair), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of pairs (e.g. the number
+            of positives); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting to ``(*, 4)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
+
     Example:
         >>> pred = torch.tensor([[0.0, 0.0, 2.0, 1.0]])
         >>> target = torch.tensor([[4.0, 0.0, 6.0, 1.0]])  # disjoint: IoU 0
@@ -110,7 +172,7 @@ def giou_loss(
         tensor(1.3333)
     """
     loss, _ = box_loss("giou_loss", "giou", pred, target, box_format, eps)
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="giou_loss")
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="giou_loss")
 
 
 def diou_loss(
@@ -128,6 +190,22 @@ def diou_loss(
     ``rho`` is the distance between the centres, ``c`` the diagonal of the smallest
     enclosing box. Reference: Zheng et al., "Distance-IoU Loss", AAAI 2020, Eqs. 6-7.
 
+    Args:
+        pred: predicted boxes in ``box_format``, floating (half precision runs in float32).
+        target: ground-truth boxes in ``box_format``, broadcasting with ``pred``; needs no gradient.
+        box_format: the layout of both: ``"xyxy"`` (corners), ``"xywh"`` (left, top, width,
+            height) or ``"cxcywh"`` (centre, width, height).
+        eps: in ``(0, 1]``, added to the denominators so that degenerate boxes stay finite.
+        weight: one weight per pair, of the loss's shape or broadcasting to it; ``(*, 4)`` (one
+            per coordinate, as mmdetection's) is averaged over the four, ``(*, 1)`` broadcast.
+        reduction: ``"none"`` (one value per pair), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of pairs (e.g. the number
+            of positives); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting to ``(*, 4)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
+
     Example:
         >>> pred = torch.tensor([[0.0, 0.0, 2.0, 1.0]])
         >>> target = torch.tensor([[4.0, 0.0, 6.0, 1.0]])  # centres 4 apart
@@ -135,7 +213,7 @@ def diou_loss(
         tensor(1.4324)
     """
     loss, _ = box_loss("diou_loss", "diou", pred, target, box_format, eps)
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="diou_loss")
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="diou_loss")
 
 
 def ciou_loss(
@@ -143,7 +221,7 @@ def ciou_loss(
     target: torch.Tensor,
     *,
     alpha_gate: bool = False,
-    grad_mode: str = "exact",
+    grad_mode: AspectGrad = "exact",
     box_format: BoxFormat = "xyxy",
     eps: float = 1e-7,
     weight: torch.Tensor | None = None,
@@ -164,9 +242,37 @@ def ciou_loss(
     - ``grad_mode="paper"``: same value, but the gradient of ``v`` has the factor
       ``1 / (w^2 + h^2)`` replaced by 1, as the AAAI paper's Eq. 12 prescribes for stability.
 
+    The gate's side at exactly 0.5: the journal's piecewise ``alpha`` keeps the aspect term
+    for ``IoU >= 0.5``, and so does this function; the authors' released code and
+    mmdetection keep it only for ``IoU > 0.5``, so the two differ for pairs whose IoU is
+    exactly 0.5 (common with integer boxes, e.g. the example below). The decision is taken on
+    the intersection and union areas without ``eps`` (``2 I >= U``, see
+    :func:`detloss.boxes.iou.ciou_gate`), in every backend: with the ``eps`` of the IoU's
+    denominator, which float32 rounds away and float64 keeps, one pair would fall on
+    different sides in the two dtypes.
+
     Deviations for safety, both of size ``eps``: ``alpha = v / (1 - IoU + v + eps)`` (finite
     for identical boxes, where mmdetection's gives NaN) and the aspect angle is
     ``atan((w + eps) / (h + eps))`` (finite for zero-height boxes and points).
+
+    Args:
+        pred: predicted boxes in ``box_format``, floating (half precision runs in float32).
+        target: ground-truth boxes in ``box_format``, broadcasting with ``pred``; needs no gradient.
+        alpha_gate: ``True`` for the journal form: ``alpha = 0`` where ``IoU < 0.5``.
+        grad_mode: ``"exact"`` (alpha constant) or ``"paper"`` (the gradient of ``v`` without
+            its factor ``1 / (w^2 + h^2)``).
+        box_format: the layout of both: ``"xyxy"`` (corners), ``"xywh"`` (left, top, width,
+            height) or ``"cxcywh"`` (centre, width, height).
+        eps: in ``(0, 1]``, added to the denominators so that degenerate boxes stay finite.
+        weight: one weight per pair, of the loss's shape or broadcasting to it; ``(*, 4)`` (one
+            per coordinate, as mmdetection's) is averaged over the four, ``(*, 1)`` broadcast.
+        reduction: ``"none"`` (one value per pair), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of pairs (e.g. the number
+            of positives); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting to ``(*, 4)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example (non-square boxes, so the aspect term is not zero):
         >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])  # 2 x 2, centre (1, 1)
@@ -177,10 +283,10 @@ def ciou_loss(
         tensor(0.5532)
     """
 
-    check_choice("ciou_loss", "grad_mode", grad_mode, ("exact", "paper"))
+    check_choice("ciou_loss", "grad_mode", grad_mode, get_args(AspectGrad))
     check_flag("ciou_loss", "alpha_gate", alpha_gate)
     loss, _ = box_loss("ciou_loss", "ciou", pred, target, box_format, eps, alpha_gate=alpha_gate, aspect_grad=grad_mode)
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="ciou_loss")
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="ciou_loss")
 
 
 def eiou_loss(
@@ -200,8 +306,24 @@ def eiou_loss(
 
     ``C_w, C_h`` are the sides of the smallest enclosing box. Reference: Zhang et al.,
     "Focal and Efficient IOU Loss for Accurate Bounding Box Regression", Neurocomputing
-    2022 (arXiv 2101.08158), Eq. 16 of seed 003. Not mmdetection's ``EIoULoss``, which is
+    2022 (arXiv 2101.08158). Not mmdetection's ``EIoULoss``, which is
     a different ("Extended IoU") loss.
+
+    Args:
+        pred: predicted boxes in ``box_format``, floating (half precision runs in float32).
+        target: ground-truth boxes in ``box_format``, broadcasting with ``pred``; needs no gradient.
+        box_format: the layout of both: ``"xyxy"`` (corners), ``"xywh"`` (left, top, width,
+            height) or ``"cxcywh"`` (centre, width, height).
+        eps: in ``(0, 1]``, added to the denominators so that degenerate boxes stay finite.
+        weight: one weight per pair, of the loss's shape or broadcasting to it; ``(*, 4)`` (one
+            per coordinate, as mmdetection's) is averaged over the four, ``(*, 1)`` broadcast.
+        reduction: ``"none"`` (one value per pair), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of pairs (e.g. the number
+            of positives); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting to ``(*, 4)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example:
         >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
@@ -210,18 +332,10 @@ def eiou_loss(
         tensor(0.8000)
     """
     loss, _ = box_loss("eiou_loss", "eiou", pred, target, box_format, eps)
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="eiou_loss")
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="eiou_loss")
 
 
 # ---------------------------------------------------------------- newer IoU-family losses (issue 3)
-
-
-def _power(x: torch.Tensor, p: float, eps: float) -> torch.Tensor:
-    """``max(x, 0) ** p`` whose gradient stays finite: for ``p < 1`` the slope of ``x ** p`` is
-    infinite at 0, so below ``eps`` the value is kept and the gradient is 0."""
-    if p >= 1:
-        return x.clamp(min=0) ** p
-    return torch.where(x < eps, x.detach().clamp(min=0) ** p, x.clamp(min=eps) ** p)
 
 
 def focal_eiou_loss(
@@ -251,6 +365,24 @@ def focal_eiou_loss(
     on this point. Below ``IoU = eps`` the weight keeps its value but gets no gradient (its
     slope is infinite at 0 for ``gamma < 1``); a disjoint pair has loss 0.
 
+    Args:
+        pred: predicted boxes in ``box_format``, floating (half precision runs in float32).
+        target: ground-truth boxes in ``box_format``, broadcasting with ``pred``; needs no gradient.
+        gamma: the exponent of ``IoU^gamma``, ``>= 0``; 0 gives EIoU.
+        detach_iou: ``True`` to treat ``IoU^gamma`` as a constant weight in the gradient.
+        box_format: the layout of both: ``"xyxy"`` (corners), ``"xywh"`` (left, top, width,
+            height) or ``"cxcywh"`` (centre, width, height).
+        eps: in ``(0, 1]``, added to the denominators so that degenerate boxes stay finite.
+        weight: one weight per pair, of the loss's shape or broadcasting to it; ``(*, 4)`` (one
+            per coordinate, as mmdetection's) is averaged over the four, ``(*, 1)`` broadcast.
+        reduction: ``"none"`` (one value per pair), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of pairs (e.g. the number
+            of positives); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting to ``(*, 4)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
+
     Example:
         >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
         >>> target = torch.tensor([[0.0, 0.0, 4.0, 2.0]])
@@ -266,8 +398,8 @@ def focal_eiou_loss(
     else:
         p, t = prepare_pair(where, pred, target, box_format, eps)
         similarity, iou = box_similarity(p, t, "eiou", eps)
-        loss, focus = 1.0 - similarity, _power(iou, gamma, eps)
-    return reduce_loss(focus * loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
+        loss, focus = 1.0 - similarity, finite_pow(iou, gamma, eps)
+    return reduce_box_loss(focus * loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
 def siou_loss(
@@ -297,6 +429,23 @@ def siou_loss(
     is a cost, as in the paper (mmdetection's default ``neg_gamma=False`` makes it a
     reward). ``theta`` must be ``>= 1`` (below, the shape term has an infinite slope at 0).
 
+    Args:
+        pred: predicted boxes in ``box_format``, floating (half precision runs in float32).
+        target: ground-truth boxes in ``box_format``, broadcasting with ``pred``; needs no gradient.
+        theta: the shape cost's exponent, ``>= 1`` (the paper's range is 2 to 6).
+        box_format: the layout of both: ``"xyxy"`` (corners), ``"xywh"`` (left, top, width,
+            height) or ``"cxcywh"`` (centre, width, height).
+        eps: in ``(0, 1]``, added to the denominators so that degenerate boxes stay finite.
+        weight: one weight per pair, of the loss's shape or broadcasting to it; ``(*, 4)`` (one
+            per coordinate, as mmdetection's) is averaged over the four, ``(*, 1)`` broadcast.
+        reduction: ``"none"`` (one value per pair), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of pairs (e.g. the number
+            of positives); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting to ``(*, 4)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
+
     Example (centres on one horizontal line, so ``Lambda = 0`` and ``gamma = 2``):
         >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
         >>> target = torch.tensor([[0.0, 0.0, 4.0, 2.0]])
@@ -308,11 +457,11 @@ def siou_loss(
     where = "siou_loss"
     check_range(where, "theta", theta, 1.0)
     loss, _ = box_loss(where, "siou", pred, target, box_format, eps, siou_theta=float(theta))
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
-ALPHA_IOU_KINDS = ("iou", "giou", "diou", "ciou")
 AlphaIoUKind = Literal["iou", "giou", "diou", "ciou"]
+ALPHA_IOU_KINDS: tuple[str, ...] = get_args(AlphaIoUKind)
 
 
 def alpha_iou_loss(
@@ -346,6 +495,24 @@ def alpha_iou_loss(
     paper's formula. ``alpha`` must be ``> 0``; for ``alpha < 1`` a term below ``eps`` gets no
     gradient (its slope is infinite at 0).
 
+    Args:
+        pred: predicted boxes in ``box_format``, floating (half precision runs in float32).
+        target: ground-truth boxes in ``box_format``, broadcasting with ``pred``; needs no gradient.
+        alpha: the power, ``> 0``; 1 gives the base loss.
+        kind: the base loss: ``"iou"``, ``"giou"``, ``"diou"`` or ``"ciou"``.
+        box_format: the layout of both: ``"xyxy"`` (corners), ``"xywh"`` (left, top, width,
+            height) or ``"cxcywh"`` (centre, width, height).
+        eps: in ``(0, 1]``, added to the denominators so that degenerate boxes stay finite.
+        weight: one weight per pair, of the loss's shape or broadcasting to it; ``(*, 4)`` (one
+            per coordinate, as mmdetection's) is averaged over the four, ``(*, 1)`` broadcast.
+        reduction: ``"none"`` (one value per pair), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of pairs (e.g. the number
+            of positives); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting to ``(*, 4)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
+
     Example:
         >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
         >>> target = torch.tensor([[0.0, 0.0, 4.0, 2.0]])
@@ -359,17 +526,17 @@ def alpha_iou_loss(
     check_choice(where, "kind", kind, ALPHA_IOU_KINDS)
     p, t = prepare_pair(where, pred, target, box_format, eps)
     similarity, iou = box_similarity(p, t, "diou" if kind == "ciou" else kind, eps)
-    loss = 1.0 - _power(iou, alpha, eps)
+    loss = 1.0 - finite_pow(iou, alpha, eps)
     if kind != "iou":
-        loss = loss + _power(iou - similarity, alpha, eps)
+        loss = loss + finite_pow(iou - similarity, alpha, eps)
     if kind == "ciou":
         ciou, _ = box_similarity(p, t, "ciou", eps)
-        loss = loss + _power(similarity - ciou, alpha, eps)  # beta v, beta constant
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
+        loss = loss + finite_pow(similarity - ciou, alpha, eps)  # beta v, beta constant
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
-WIOU_VERSIONS = ("v1", "v3")
 WIoUVersion = Literal["v1", "v3"]
+WIOU_VERSIONS: tuple[str, ...] = get_args(WIoUVersion)
 
 
 def _wiou_loss(
@@ -418,7 +585,7 @@ def _wiou_loss(
                 mean = torch.where(torch.isnan(running), batch_mean, updated)
         outlier = l_iou / mean.clamp(min=eps)  # beta of the paper
         loss = loss * (outlier / (delta * alpha ** (outlier - delta)))
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where), mean
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where), mean
 
 
 def wiou_loss(
@@ -460,6 +627,28 @@ def wiou_loss(
     The authors use ``momentum = 1 - 0.05^(1 / (t n))`` for ``n`` batches per epoch and
     ``t`` epochs, and ``0.01`` in their example. ``version="v1"`` ignores ``alpha``,
     ``delta``, ``iou_mean`` and ``momentum``.
+
+    Args:
+        pred: predicted boxes in ``box_format``, floating (half precision runs in float32).
+        target: ground-truth boxes in ``box_format``, broadcasting with ``pred``; needs no gradient.
+        version: ``"v1"`` (distance attention) or ``"v3"`` (with the dynamic focus).
+        alpha: v3's ``alpha``, ``> 0``.
+        delta: v3's ``delta``, ``> 0``: the outlier degree where the focus is 1.
+        iou_mean: the running mean of ``1 - IoU`` from earlier batches (a number ``> 0`` or a
+            1-element tensor, NaN meaning none yet), or ``None`` to use this batch's mean.
+        momentum: in ``[0, 1]``, how far ``iou_mean`` moves towards this batch's mean first.
+        box_format: the layout of both: ``"xyxy"`` (corners), ``"xywh"`` (left, top, width,
+            height) or ``"cxcywh"`` (centre, width, height).
+        eps: in ``(0, 1]``, added to the denominators so that degenerate boxes stay finite.
+        weight: one weight per pair, of the loss's shape or broadcasting to it; ``(*, 4)`` (one
+            per coordinate, as mmdetection's) is averaged over the four, ``(*, 1)`` broadcast.
+        reduction: ``"none"`` (one value per pair), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of pairs (e.g. the number
+            of positives); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting to ``(*, 4)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
 
     Example (v1; centres 1 apart, enclosing box 4 x 2):
         >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
@@ -519,6 +708,23 @@ def mpdiou_loss(
     disagree on ``W, H`` (some use the enclosing box), so ``image_size`` has no default: it is
     required, and ``None`` raises a :class:`~detloss.DetLossError` naming it.
 
+    Args:
+        pred: predicted boxes in ``box_format``, floating (half precision runs in float32).
+        target: ground-truth boxes in ``box_format``, broadcasting with ``pred``; needs no gradient.
+        image_size: ``(W, H)`` of the input image, two positive numbers; required.
+        box_format: the layout of both: ``"xyxy"`` (corners), ``"xywh"`` (left, top, width,
+            height) or ``"cxcywh"`` (centre, width, height).
+        eps: in ``(0, 1]``, added to the denominators so that degenerate boxes stay finite.
+        weight: one weight per pair, of the loss's shape or broadcasting to it; ``(*, 4)`` (one
+            per coordinate, as mmdetection's) is averaged over the four, ``(*, 1)`` broadcast.
+        reduction: ``"none"`` (one value per pair), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of pairs (e.g. the number
+            of positives); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting to ``(*, 4)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
+
     Example:
         >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
         >>> target = torch.tensor([[0.0, 0.0, 4.0, 2.0]])
@@ -532,7 +738,7 @@ def mpdiou_loss(
     _, iou = box_similarity(p, t, "iou", eps)
     corners = (p - t) ** 2  # (x1, y1, x2, y2) offsets squared: d1^2 = [0] + [1], d2^2 = [2] + [3]
     loss = 1.0 - iou + corners.sum(dim=-1) / (width * width + height * height)
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
 def _shrink(boxes: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -565,6 +771,24 @@ def inner_iou_loss(
     Box", arXiv 2311.02877, 2023 (checked against code only; ratio in [0.5, 1.5], 0.7 a
     common choice). ``ratio`` must be ``> 0``.
 
+    Args:
+        pred: predicted boxes in ``box_format``, floating (half precision runs in float32).
+        target: ground-truth boxes in ``box_format``, broadcasting with ``pred``; needs no gradient.
+        ratio: the scale of the auxiliary boxes about their centres, ``> 0``.
+        kind: the base loss, one of ``iou, giou, diou, ciou, eiou, siou``.
+        box_format: the layout of both: ``"xyxy"`` (corners), ``"xywh"`` (left, top, width,
+            height) or ``"cxcywh"`` (centre, width, height).
+        eps: in ``(0, 1]``, added to the denominators so that degenerate boxes stay finite.
+        weight: one weight per pair, of the loss's shape or broadcasting to it; ``(*, 4)`` (one
+            per coordinate, as mmdetection's) is averaged over the four, ``(*, 1)`` broadcast.
+        reduction: ``"none"`` (one value per pair), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of pairs (e.g. the number
+            of positives); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting to ``(*, 4)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
+
     Example:
         >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
         >>> target = torch.tensor([[0.0, 0.0, 4.0, 2.0]])
@@ -579,7 +803,7 @@ def inner_iou_loss(
     similarity, iou = box_similarity(p, t, kind, eps)
     inner, _ = box_similarity(_shrink(p, ratio), _shrink(t, ratio), "iou", eps)
     loss = 1.0 - similarity + iou - inner
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
 def nwd_loss(
@@ -608,6 +832,23 @@ def nwd_loss(
     AI-TOD) in the paper. ``constant`` must be ``> 0``. The distance is floored at ``eps``
     so its gradient is finite (0) for identical boxes.
 
+    Args:
+        pred: predicted boxes in ``box_format``, floating (half precision runs in float32).
+        target: ground-truth boxes in ``box_format``, broadcasting with ``pred``; needs no gradient.
+        constant: ``C``, the dataset's scale in pixels, ``> 0``.
+        box_format: the layout of both: ``"xyxy"`` (corners), ``"xywh"`` (left, top, width,
+            height) or ``"cxcywh"`` (centre, width, height).
+        eps: in ``(0, 1]``, added to the denominators so that degenerate boxes stay finite.
+        weight: one weight per pair, of the loss's shape or broadcasting to it; ``(*, 4)`` (one
+            per coordinate, as mmdetection's) is averaged over the four, ``(*, 1)`` broadcast.
+        reduction: ``"none"`` (one value per pair), ``"mean"`` or ``"sum"``.
+        avg_factor: with ``"mean"``, the divisor instead of the number of pairs (e.g. the number
+            of positives); below 1 it counts as 1.
+
+    Shape:
+        - pred, target: ``(*, 4)``, broadcasting to ``(*, 4)``.
+        - output: ``(*)`` for ``reduction="none"``, else ``()``.
+
     Example:
         >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
         >>> target = torch.tensor([[0.0, 0.0, 4.0, 2.0]])
@@ -624,4 +865,4 @@ def nwd_loss(
     dh = ph.clamp(min=0) - th.clamp(min=0)
     w2 = (pcx - tcx) ** 2 + (pcy - tcy) ** 2 + 0.25 * (dw * dw + dh * dh)
     loss = 1.0 - torch.exp(-torch.sqrt(w2.clamp(min=eps * eps)) / constant)
-    return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
+    return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)

@@ -411,17 +411,27 @@ def _overflowed_gradients(
     return None
 
 
-def evaluate(case: Case) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    """The loss of ``case`` and the gradients of the differentiated inputs (no checks)."""
+def _forward(
+    case: Case,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+    """``(loss, tensors handed to the loss, their float64 copies, weight)`` of ``case``: the
+    weight in the case's storage dtype (float32 under autocast), the loss under autocast for
+    ``autocast_bf16``."""
     _, calls = _leaves(case)
+    ref_inputs = [c.detach().to(torch.float64).contiguous() if c.is_floating_point() else c.detach() for c in calls]
     weight = None
     if case.weight != "none":
-        ref = [c.detach().double() if c.is_floating_point() else c for c in calls]
-        shape = _elementwise_shape(case, ref)
+        shape = _elementwise_shape(case, ref_inputs)
         weight = _weight_tensor(case, shape, torch.float32 if case.dtype == "autocast_bf16" else _STORAGE[case.dtype])
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if case.dtype == "autocast_bf16" else contextlib.nullcontext()
     with ctx:
         out = _call(case.loss, calls, case, weight, case.reduction)
+    return out, calls, ref_inputs, weight
+
+
+def evaluate(case: Case) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """The loss of ``case`` and the gradients of the differentiated inputs (no checks)."""
+    out, calls, _, _ = _forward(case)
     diff = [c for c in calls if c.requires_grad]
     if not diff or not out.requires_grad:
         return out, [None] * len(diff)
@@ -433,18 +443,8 @@ def check_case(case: Case) -> Outcome:
     outcome = Outcome(case)
     tol = TOLERANCES[case.dtype]
     try:
-        _, calls = _leaves(case)
-        ref_inputs = [c.detach().to(torch.float64).contiguous() if c.is_floating_point() else c.detach() for c in calls]
-        weight_ref = None
-        weight = None
-        if case.weight != "none":
-            shape = _elementwise_shape(case, ref_inputs)
-            wdtype = torch.float32 if case.dtype == "autocast_bf16" else _STORAGE[case.dtype]
-            weight = _weight_tensor(case, shape, wdtype)
-            weight_ref = weight.double() if weight is not None else None
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if case.dtype == "autocast_bf16" else contextlib.nullcontext()
-        with ctx:
-            out = _call(case.loss, calls, case, weight, case.reduction)
+        out, calls, ref_inputs, weight = _forward(case)
+        weight_ref = weight.double() if weight is not None else None
     except Exception as exc:
         outcome.failure, outcome.detail = "error", f"{type(exc).__name__}: {exc}"
         return outcome

@@ -53,7 +53,7 @@ def _failure_record(outcome: Outcome) -> dict[str, Any]:
 def _default_backend() -> str:
     import detloss
 
-    return f"default ({detloss.get_backend()} on this machine)"
+    return f"default (here: {detloss.get_backend()})"
 
 
 def fuzz_report(
@@ -69,12 +69,14 @@ def fuzz_report(
     """Run :func:`run_fuzz`, print the table, write ``runs/fuzz-<stamp>/``; ``(summary, folder)``."""
     from pathlib import Path
 
+    from rich.box import SIMPLE_HEAD
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
     from rich.table import Table
 
     from detloss._checks import check_choice
     from detloss.errors import DetLossError
+    from detloss.experiments.progress import progress_bar
     from detloss.experiments.runs import atomic_write_text, new_run_dir, run_header, write_csv, write_json
 
     if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
@@ -87,10 +89,10 @@ def fuzz_report(
         check_choice("detloss fuzz", "--backend", backend, BACKENDS)
     started = time.perf_counter()
     folder = new_run_dir("fuzz", Path(out) if out is not None else None)
-    console = Console(width=200)
+    console = Console()  # as wide as the terminal (80 columns in a file or a pipe)
     if show_progress and cases >= 2000:
         columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        with progress_bar(*columns, stderr=True, transient=True) as bar:
             task = bar.add_task("fuzz", total=cases)
             summary = run_fuzz(keys, cases, seed, jobs=jobs, backend=backend, progress=lambda k: bar.advance(task, k))
     else:
@@ -104,16 +106,39 @@ def fuzz_report(
         "conditioned": "needed κ",
         "gradient_overflow": "grad > half max",
     }
-    table = Table(title=f"detloss fuzz: {summary.total} cases, seed {seed}")
-    for col in ("loss", "dtype", *headers.values(), "tolerance"):
-        table.add_column(col, justify="left" if col in ("loss", "dtype", "tolerance") else "right")
+    # the terminal's table: short headers, explained in its caption (report.md has the long ones)
+    short_headers = {
+        "cases": "cases",
+        "value": "inf value",
+        "gradient": "inf grad",
+        "mismatch": "vs f64",
+        "error": "error",
+        "conditioned": "needs κ",
+        "gradient_overflow": "grad > max",
+    }
+    caption = (
+        "inf value, inf grad: a non-finite loss or gradient; vs f64: disagrees with float64 beyond the tolerance; "
+        "needs κ: agrees within the allowance of the input's conditioning; grad > max: a half-precision gradient "
+        "beyond its range (counted, not failed); *: not compared with float64 (a discontinuous loss)"
+    )
+    table = Table(
+        title=f"detloss fuzz: {summary.total} cases, seed {seed}",
+        caption=caption,
+        box=SIMPLE_HEAD,
+        padding=(0, 0),
+    )
+    widest = max((len(k) + (2 if k in DISCONTINUOUS else 0) for k in keys), default=4)
+    table.add_column("loss", no_wrap=True, min_width=min(widest, 24))
+    table.add_column("dtype", no_wrap=True, min_width=max(len(m) for m in DTYPE_MODES))
+    for col in short_headers.values():
+        table.add_column(col, justify="right", min_width=5)
     rows: list[dict[str, Any]] = []
     for (key, mode), counts in sorted(summary.rows.items(), key=lambda kv: (kv[0][0], DTYPE_MODES.index(kv[0][1]))):
         tol = TOLERANCES[mode]
         compared = key not in DISCONTINUOUS or mode == "float64"
         short = f"{tol.atol:g} + {tol.rtol:g}|ref| + {tol.k:g}u·κ" if compared else "not compared (discontinuous)"
         rows.append({"loss": key, "dtype": mode, **{k: counts[k] for k in headers}, "tolerance": short})
-        table.add_row(key, mode, *(str(counts[k]) for k in headers), short)
+        table.add_row(key + ("" if compared else " *"), mode, *(str(counts[k]) for k in headers))
     console.print(table)
     for outcome in summary.failures[:20]:
         console.print(f"FAILED {outcome.case.describe()} [{outcome.failure}] {outcome.detail}", markup=False)

@@ -76,12 +76,6 @@ def _run_range(keys: Sequence[str], seed: int, start: int, stop: int) -> Summary
     return summary
 
 
-def _backend_setting() -> str | None:
-    from detloss import _backend
-
-    return _backend._chosen
-
-
 def _run_range_star(args: tuple[Sequence[str], int, int, int, str | None]) -> Summary:
     import detloss
 
@@ -109,15 +103,12 @@ def run_fuzz(
     started = time.perf_counter()
     ranges = [(keys, seed, lo, min(lo + chunk, cases), backend) for lo in range(0, cases, chunk)]
     if jobs <= 1:
-        previous = _backend_setting()
-        detloss.set_backend(backend if backend is not None else previous)
-        try:
+        chosen = detloss.backend_info().requested if backend is None else backend
+        with detloss.use_backend(chosen):
             for r in ranges:
                 summary.merge(_run_range(*r[:4]))
                 if progress is not None:
                     progress(r[3] - r[2])
-        finally:
-            detloss.set_backend(previous)
     else:
         import multiprocessing
 

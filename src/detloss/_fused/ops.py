@@ -1,0 +1,240 @@
+"""The fast path as PyTorch operators, ``torch.ops.detloss.*``, defined once each.
+
+Every operator takes two tensors, a prediction and a target, then its options, and has a
+backward operator ``<name>_backward``: the same two tensors, one upstream gradient per output
+(``None`` where absent), the same options and ``target_grad``; it returns the gradients of the
+prediction and of the target (an empty tensor when ``target_grad`` is false)::
+
+    iou_loss(Tensor pred, Tensor target, str kind, float eps, bool alpha_gate, bool paper_grad,
+             float siou_theta) -> (Tensor loss, Tensor iou)
+    binary_loss(Tensor logits, Tensor target, str kind, float? alpha, float gamma) -> Tensor
+
+``iou_loss`` takes aligned ``(N, 4)`` ``xyxy`` pairs and returns ``1 - similarity`` and the IoU
+of :func:`detloss.boxes.iou.box_similarity` (``kind`` in ``iou, giou, diou, ciou, eiou, siou``);
+``alpha_gate`` is CIoU's journal gate (aspect term only where IoU >= 0.5), ``paper_grad`` the
+CIoU paper's gradient of the aspect term, ``siou_theta`` SIoU's shape exponent; ``binary_loss``
+gives the elementwise ``bce``, ``focal``, ``quality`` or ``varifocal`` loss of logits
+(``alpha`` ``None``: no class weight, varifocal's 0.75; exponent ``gamma`` 0 or >= 1).
+
+Example:
+    >>> import torch, detloss
+    >>> pred, target = torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[0.0, 0.0, 4.0, 2.0]])
+    >>> torch.ops.detloss.iou_loss(pred, target, "giou", 1e-7, False, False, 4.0)  # IoU 4/8, enclosing = union
+    (tensor([0.5000]), tensor([0.5000]))
+
+Each has these implementations, one definition each:
+
+- CPU: the C++ kernels of ``kernels.cpp``, with their autograd in C++ too (``AutogradCPU``), once
+  :mod:`detloss._fused.native` has loaded the library; a call on CPU tensors then runs no Python
+  between the dispatcher and the loop;
+- every other device, and CPU where the library is not built: the pure-torch kernels of
+  :mod:`detloss._fused.torch_impl` (``CompositeExplicitAutograd``), whose autograd is
+  :func:`setup_context` / :func:`backward` below;
+- a fake kernel (shapes only), so that ``torch.compile`` and ``torch.export`` trace the operators
+  as opaque nodes: the native kernel runs inside a compiled graph.
+
+:func:`torch_function` wraps an operator's pure-torch kernels and the same autograd rule in a
+``torch.autograd.Function`` that Dynamo traces into: the ``fused`` backend (the pure-torch
+kernels on CPU too) and, compiled, the ``compiled`` backend (inductor fuses them).
+
+Adding an operator (e.g. a rotated-box loss):
+
+1. write its forward and backward in torch, following the two-input rule above;
+2. add an :class:`Operator` to :data:`OPERATORS` (the two schemas, the two torch kernels, the
+   two fake kernels): it is defined, registered, given autograd and ``torch_function`` here;
+3. for a CPU kernel, write the two C++ functions in ``kernels.cpp`` and add one ``m.impl`` line
+   to each of its two ``TORCH_LIBRARY_IMPL`` blocks (the autograd block reuses ``pair_autograd``);
+4. add its samples to ``opcheck_samples()`` in ``tests/test_ops.py``, and its call site to the
+   dispatch (:mod:`detloss._backend`: an entry point like ``box_loss`` that returns ``None``
+   for what the operator does not cover).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from detloss._fused import torch_impl
+
+__all__ = ["NAMESPACE", "OPERATORS", "Operator", "backward", "setup_context", "torch_function"]
+
+NAMESPACE = "detloss"
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One operator: its name, the arguments and returns of it and of ``<name>_backward``, and
+    their pure-torch and fake kernels."""
+
+    name: str
+    schema: str
+    backward_schema: str
+    forward: Callable[..., Any]
+    backward: Callable[..., Any]
+    fake: Callable[..., Any]
+    fake_backward: Callable[..., Any]
+
+
+# ---------------------------------------------------------------- IoU family
+
+
+def _iou_loss(
+    pred: Tensor, target: Tensor, kind: str, eps: float, alpha_gate: bool, paper_grad: bool, siou_theta: float
+) -> tuple[Tensor, Tensor]:
+    return torch_impl.iou_forward(pred, target, kind, eps, alpha_gate, siou_theta)
+
+
+def _iou_loss_backward(
+    pred: Tensor,
+    target: Tensor,
+    grad_loss: Tensor | None,
+    grad_iou: Tensor | None,
+    kind: str,
+    eps: float,
+    alpha_gate: bool,
+    paper_grad: bool,
+    siou_theta: float,
+    target_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    dp, dt = torch_impl.iou_backward(pred, target, grad_loss, grad_iou, kind, eps, alpha_gate, paper_grad, siou_theta)
+    return dp.contiguous(), dt.contiguous() if target_grad else pred.new_empty(0)
+
+
+def _check_pairs(pred: Tensor, target: Tensor) -> None:
+    torch._check(pred.dim() == 2 and pred.shape[1] == 4, lambda: "detloss::iou_loss: pred of shape (N, 4)")
+    torch._check(target.shape == pred.shape, lambda: "detloss::iou_loss: target of pred's shape")
+
+
+def _iou_loss_fake(pred: Tensor, target: Tensor, *options: Any) -> tuple[Tensor, Tensor]:
+    _check_pairs(pred, target)
+    return pred.new_empty(pred.shape[:1]), pred.new_empty(pred.shape[:1])
+
+
+def _iou_loss_backward_fake(pred: Tensor, target: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+    _check_pairs(pred, target)
+    return torch.empty_like(pred), torch.empty_like(target) if args[-1] else pred.new_empty(0)
+
+
+# ---------------------------------------------------------------- binary classification family
+
+
+def _check_gamma(gamma: float) -> None:
+    if not (gamma == 0 or gamma >= 1):  # a constant while tracing
+        raise RuntimeError(f"detloss::binary_loss: gamma must be 0 or >= 1, got {gamma}")
+
+
+def _binary_loss(logits: Tensor, target: Tensor, kind: str, alpha: float | None, gamma: float) -> Tensor:
+    _check_gamma(gamma)
+    return torch_impl.binary_forward(logits, target, kind, alpha, gamma)
+
+
+def _binary_loss_backward(
+    logits: Tensor, target: Tensor, grad: Tensor, kind: str, alpha: float | None, gamma: float, target_grad: bool
+) -> tuple[Tensor, Tensor]:
+    _check_gamma(gamma)
+    gx, gy = torch_impl.binary_backward(logits, target, grad, kind, alpha, gamma)
+    return gx.contiguous(), gy.contiguous() if target_grad else logits.new_empty(0)
+
+
+def _binary_loss_fake(logits: Tensor, target: Tensor, *options: Any) -> Tensor:
+    torch._check(target.shape == logits.shape, lambda: "detloss::binary_loss: target of logits' shape")
+    return torch.empty_like(logits)
+
+
+def _binary_loss_backward_fake(logits: Tensor, target: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(logits), torch.empty_like(target) if args[-1] else logits.new_empty(0)
+
+
+OPERATORS: tuple[Operator, ...] = (
+    Operator(
+        name="iou_loss",
+        schema="(Tensor pred, Tensor target, str kind, float eps, bool alpha_gate, bool paper_grad, "
+        "float siou_theta) -> (Tensor, Tensor)",
+        backward_schema="(Tensor pred, Tensor target, Tensor? grad_loss, Tensor? grad_iou, str kind, float eps, "
+        "bool alpha_gate, bool paper_grad, float siou_theta, bool target_grad) -> (Tensor, Tensor)",
+        forward=_iou_loss,
+        backward=_iou_loss_backward,
+        fake=_iou_loss_fake,
+        fake_backward=_iou_loss_backward_fake,
+    ),
+    Operator(
+        name="binary_loss",
+        schema="(Tensor logits, Tensor target, str kind, float? alpha, float gamma) -> Tensor",
+        backward_schema="(Tensor logits, Tensor target, Tensor grad, str kind, float? alpha, float gamma, "
+        "bool target_grad) -> (Tensor, Tensor)",
+        forward=_binary_loss,
+        backward=_binary_loss_backward,
+        fake=_binary_loss_fake,
+        fake_backward=_binary_loss_backward_fake,
+    ),
+)
+
+
+# ---------------------------------------------------------------- the autograd rule, for every operator
+
+
+def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    """Save the prediction and the target (nothing computed), and the options."""
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.options = inputs[2:]
+
+
+def backward(ctx: Any, grads: tuple[Tensor | None, ...], backward_kernel: Callable[..., Any]) -> tuple[Any, ...]:
+    """The gradients of the prediction and the target by ``backward_kernel`` (the backward
+    operator, or its pure-torch kernel), ``None`` for the options."""
+    none = (None,) * len(ctx.options)
+    need_pred, need_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if all(g is None for g in grads) or not (need_pred or need_target):
+        return (None, None, *none)
+    pred, target = ctx.saved_tensors
+    grad_pred, grad_target = backward_kernel(pred, target, *grads, *ctx.options, need_target)
+    return (grad_pred if need_pred else None, grad_target if need_target else None, *none)
+
+
+def torch_function(op: Operator) -> type[torch.autograd.Function]:
+    """``op``'s pure-torch kernels under its autograd rule, as a Function Dynamo traces into
+    (named ``IouLossTorchPath`` for ``iou_loss``: autograd shows ``IouLossTorchPathBackward``)."""
+
+    backward_kernel = op.backward  # a plain function: Dynamo traces closures over functions, not over an Operator
+
+    def function_backward(ctx: Any, *grads: Any) -> Any:
+        return backward(ctx, grads, backward_kernel)
+
+    name = "".join(word.title() for word in op.name.split("_")) + "TorchPath"
+    members = {
+        "forward": staticmethod(op.forward),  # its own signature: Dynamo binds the arguments to it
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(function_backward),
+        "__module__": __name__,
+        "__doc__": f"``torch.ops.detloss.{op.name}`` by its pure-torch kernels.",
+    }
+    return type(name, (torch.autograd.Function,), members)
+
+
+def _register() -> torch.library.Library:
+    lib = torch.library.Library(NAMESPACE, "DEF")
+    for op in OPERATORS:
+        backward_name = op.name + "_backward"
+        lib.define(op.name + op.schema)
+        lib.define(backward_name + op.backward_schema)
+        lib.impl(op.name, op.forward, "CompositeExplicitAutograd")
+        lib.impl(backward_name, op.backward, "CompositeExplicitAutograd")
+        torch.library.register_fake(f"{NAMESPACE}::{op.name}", op.fake, lib=lib)
+        torch.library.register_fake(f"{NAMESPACE}::{backward_name}", op.fake_backward, lib=lib)
+        backward_op = getattr(getattr(torch.ops, NAMESPACE), backward_name).default
+
+        def autograd_backward(ctx: Any, *grads: Any, _op: Any = backward_op) -> Any:
+            return backward(ctx, grads, _op)
+
+        torch.library.register_autograd(
+            f"{NAMESPACE}::{op.name}", autograd_backward, setup_context=setup_context, lib=lib
+        )
+    return lib
+
+
+_LIBRARY = _register()
