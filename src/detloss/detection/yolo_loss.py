@@ -55,8 +55,10 @@ SOFT_TARGET_LOSSES = frozenset({"quality_focal", "varifocal"})
 _BINARY = ("binary_cross_entropy", "sigmoid_focal", "quality_focal", "varifocal")
 
 
-def resolve_loss_name(name: str, role: str) -> str:
-    """Registry key of ``name`` (aliases resolved), checked to exist and to fit ``role``.
+def resolve_loss_name(name: str, role: str, where: str = "YOLOLoss", *, encoded: bool = True) -> str:
+    """Registry key of ``name`` (aliases resolved), checked to exist and to fit ``role``
+    (``box_loss``: on boxes, or on encoded values if ``encoded``; ``obj_loss``, ``cls_loss``:
+    on binary logits). Errors name ``where``.
 
     Example:
         >>> resolve_loss_name("ciou", "box_loss")
@@ -65,14 +67,15 @@ def resolve_loss_name(name: str, role: str) -> str:
     key = ALIASES.get(name, name)
     if key not in LOSSES:
         raise DetLossError.bad_argument(
-            "YOLOLoss", role, "a registered loss (" + ", ".join(sorted(LOSSES)) + ") or an alias", repr(name)
+            where, role, "a registered loss (" + ", ".join(sorted(LOSSES)) + ") or an alias", repr(name)
         )
     kind = LOSSES[key].inputs
-    if role == "box_loss" and kind not in ("boxes", "values"):
-        raise DetLossError.bad_argument("YOLOLoss", role, "a box loss (on boxes or on encoded values)", repr(name))
+    if role == "box_loss" and kind not in (("boxes", "values") if encoded else ("boxes",)):
+        expected = "a box loss (on boxes or on encoded values)" if encoded else "a loss on boxes (IoU family)"
+        raise DetLossError.bad_argument(where, role, expected, repr(name))
     if role in ("obj_loss", "cls_loss") and kind != "binary_logits":
         expected = "a loss on binary logits (" + ", ".join(_BINARY) + ")"
-        raise DetLossError.bad_argument("YOLOLoss", role, expected, repr(name))
+        raise DetLossError.bad_argument(where, role, expected, repr(name))
     return key
 
 
@@ -94,6 +97,8 @@ class YOLOLoss(nn.Module):
         >>> round(out["obj"].item(), 4)  # 4 slots x -log(1 - 0.01) / max(0 positives, 1)
         0.0402
     """
+
+    terms = ("loss", "box", "obj", "cls")
 
     def __init__(
         self,
