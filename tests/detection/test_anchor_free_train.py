@@ -16,19 +16,13 @@ from detloss.detection import compare as compare_module
 from detloss.detection.compare import compare
 from detloss.detection.options import TrainConfig, build_datasets
 from detloss.detection.train import build_model, evaluate_model, load_checkpoint, train
+from tests.detection.test_train import Stop
+from tests.detection.test_train import tiny as yolov3_tiny
 
 
 def tiny(**kw: object) -> TrainConfig:
-    settings: dict = dict(
-        head="anchor-free", image_size=32, train_images=64, val_images=8, batch_size=8, width=8, steps=30,
-        checkpoint_every=10, warmup_steps=5, lr=5e-3, num_drawn=2,
-    )
-    settings.update(kw)
-    return TrainConfig(**settings)
-
-
-class Stop(Exception):
-    pass
+    """The tiny run of the YOLOv3 head's tests, with the anchor-free head."""
+    return yolov3_tiny(head="anchor-free", **kw)
 
 
 def test_short_run_lowers_the_loss_and_the_saved_run_evaluates_and_resumes(tmp_path: Path) -> None:

@@ -114,11 +114,10 @@ def test_cli_train_and_compare_resumable(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_cli_defaults_are_the_config_defaults() -> None:
     import inspect
+    from dataclasses import fields
 
     from detloss import cli
     from detloss.detection.yolo_loss import resolve_loss_name
-
-    from dataclasses import fields
 
     defaults = TrainConfig()
     # None in the dataclass: the head fills the setting in (TrainConfig().obj_loss is bce, the yolov3 head's)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from detloss import DetLossError
+from detloss._checks import check_integer
 from detloss.assign import Anchors, make_anchors
 from detloss.detection.model import TinyBackbone, _conv
 from detloss.functional import distribution_expectation
@@ -84,8 +85,8 @@ def make_point_priors(strides: Sequence[int], image_size: int, reg_max: int | No
         >>> p.anchors.points[[0, 1, 16]].tolist(), p.anchors.strides[16].item()
         ([[4.0, 4.0], [12.0, 4.0], [8.0, 8.0]], 16.0)
     """
-    if reg_max is not None and (not isinstance(reg_max, int) or isinstance(reg_max, bool) or reg_max < 1):
-        raise DetLossError.bad_argument("make_point_priors", "reg_max", "an int >= 1 or None (DFL off)", repr(reg_max))
+    if reg_max is not None:
+        check_integer("make_point_priors", "reg_max", reg_max, 1)
     grids = []
     for s in strides:
         if image_size % s:
@@ -162,10 +163,9 @@ class AnchorFreeYOLO(TinyBackbone):
         self, num_classes: int, strides: Sequence[int] = (8, 16), width: int = 16, reg_max: int | None = 16
     ) -> None:
         super().__init__(strides, width, where="AnchorFreeYOLO")
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise DetLossError.bad_argument("AnchorFreeYOLO", "num_classes", "an int >= 1", repr(num_classes))
-        if reg_max is not None and (not isinstance(reg_max, int) or isinstance(reg_max, bool) or reg_max < 1):
-            raise DetLossError.bad_argument("AnchorFreeYOLO", "reg_max", "an int >= 1 or None (DFL off)", repr(reg_max))
+        check_integer("AnchorFreeYOLO", "num_classes", num_classes, 1)
+        if reg_max is not None:  # None: DFL off
+            check_integer("AnchorFreeYOLO", "reg_max", reg_max, 1)
         self.num_classes = num_classes
         self.reg_max = reg_max
         branch = 2 * width

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from detloss import DetLossError, build_loss
+from detloss._checks import check_range
 from detloss.assign.base import DenseAssigner
 from detloss.detection.anchor_free import PointPriors, decode_points, encode_points
 from detloss.detection.assign import ASSIGNERS, build_assigner, pad_targets
@@ -94,8 +95,7 @@ class AnchorFreeLoss(nn.Module):
         self.box_key = resolve_loss_name(box_loss, "box_loss", where, encoded=False)
         self.cls_key = resolve_loss_name(cls_loss, "cls_loss", where)
         for name, value in (("box_weight", box_weight), ("cls_weight", cls_weight), ("dfl_weight", dfl_weight)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise DetLossError.bad_argument(where, name, "a number >= 0", repr(value))
+            check_range(where, name, value, 0.0)
         if isinstance(assigner, str):
             if assigner not in ASSIGNERS:
                 raise DetLossError.bad_argument(where, "assigner", "one of " + ", ".join(ASSIGNERS), repr(assigner))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from detloss import DetLossError
+from detloss._checks import check_integer
 from detloss.detection.anchor_free_loss import AnchorFreeLoss
 from detloss.detection.assign import ASSIGNERS
 from detloss.detection.data import CocoDetection, DetectionDataset, SyntheticScenes, YoloDetection
@@ -152,8 +153,7 @@ class TrainConfig:
         if self.head == "anchor-free":
             if not isinstance(self.dfl, bool):
                 raise DetLossError.bad_argument("train", "dfl", "True or False", repr(self.dfl))
-            if not isinstance(self.reg_max, int) or isinstance(self.reg_max, bool) or self.reg_max < 1:
-                raise DetLossError.bad_argument("train", "reg_max", "an int >= 1", repr(self.reg_max))
+            check_integer("train", "reg_max", self.reg_max, 1)
 
     def _check_data(self) -> None:
         """One source of data: synthetic scenes, COCO json files, or a YOLO ``data.yaml``."""

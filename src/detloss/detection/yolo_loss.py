@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from detloss import LOSSES, DetLossError, build_loss
+from detloss._checks import check_range
 from detloss.boxes import aligned_iou
 from detloss.detection.assign import Assignment, assign_targets, ignore_mask
 from detloss.detection.model import Priors, decode
@@ -119,10 +120,8 @@ class YOLOLoss(nn.Module):
         self.obj_key = resolve_loss_name(obj_loss, "obj_loss")
         self.cls_key = resolve_loss_name(cls_loss, "cls_loss")
         for name, value in (("box_weight", box_weight), ("obj_weight", obj_weight), ("cls_weight", cls_weight)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise DetLossError.bad_argument("YOLOLoss", name, "a number >= 0", repr(value))
-        if not isinstance(ignore_thresh, (int, float)) or not 0 <= ignore_thresh <= 1:
-            raise DetLossError.bad_argument("YOLOLoss", "ignore_thresh", "a number in [0, 1]", repr(ignore_thresh))
+            check_range("YOLOLoss", name, value, 0.0)
+        check_range("YOLOLoss", "ignore_thresh", ignore_thresh, 0.0, 1.0)
         self.encoded = LOSSES[self.box_key].inputs == "values"
         self.box = build_loss(self.box_key, reduction="mean", **dict(box_options or {}))
         self.obj = build_loss(self.obj_key, reduction="mean", **dict(obj_options or {}))
