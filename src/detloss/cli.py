@@ -309,6 +309,8 @@ _Head = Annotated[
 ]
 _RegMax = Annotated[int | None, typer.Option(help="Anchor-free head with DFL: bins 0..R per side (default 16).")]
 _BoxWeight = Annotated[float | None, typer.Option(help="Weight of the box term (yolov3 5, anchor-free 7.5).")]
+_ClsWeight = Annotated[float | None, typer.Option(help="Weight of the class term (yolov3 1, anchor-free 0.5).")]
+_DflWeight = Annotated[float | None, typer.Option(help="Weight of the DFL term (anchor-free: 1.5).")]
 
 
 def check_device(where: str, device: str, choices: tuple[str, ...] = ("auto", "cpu", "cuda")) -> None:
@@ -352,10 +354,8 @@ def train(
     reg_max: _RegMax = None,
     box_weight: _BoxWeight = None,
     obj_weight: Annotated[float | None, typer.Option(help="Weight of the objectness term (yolov3: 1).")] = None,
-    cls_weight: Annotated[
-        float | None, typer.Option(help="Weight of the class term (yolov3 1, anchor-free 0.5).")
-    ] = None,
-    dfl_weight: Annotated[float | None, typer.Option(help="Weight of the DFL term (anchor-free: 1.5).")] = None,
+    cls_weight: _ClsWeight = None,
+    dfl_weight: _DflWeight = None,
     box_option: _LossOpt = None,
     obj_option: _LossOpt = None,
     cls_option: _LossOpt = None,
@@ -429,6 +429,8 @@ def compare(
     seeds: Annotated[int, typer.Option(help="Models per setting (seeds 0..n-1).")] = 2,
     reg_max: _RegMax = None,
     box_weight: _BoxWeight = None,
+    cls_weight: _ClsWeight = None,
+    dfl_weight: _DflWeight = None,
     obj_option: _LossOpt = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps per model.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,

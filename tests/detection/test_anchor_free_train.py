@@ -123,9 +123,12 @@ def test_cli_compare_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     args = ["--image-size", "32", "--train-images", "16", "--val-images", "4", "--batch-size", "8", "--width", "8",
             "--steps", "1", "--seeds", "1", "--no-progress", "--out", str(tmp_path / "c")]
     with pytest.raises(SystemExit) as code:
-        main(["compare", "--head", "anchor-free", "--cls-loss", "focal,qfl", "--dfl", "off", *args])
+        main(["compare", "--head", "anchor-free", "--cls-loss", "focal,qfl", "--dfl", "off", "--cls-weight", "1.0",
+              "--box-weight", "2", *args])
     assert code.value.code == 0, capsys.readouterr().err
-    rows = json.loads((tmp_path / "c" / "results.json").read_text())["rows"]
+    payload = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert (payload["config"]["cls_weight"], payload["config"]["box_weight"]) == (1.0, 2.0)
+    rows = payload["rows"]
     assert [(r["cls_loss"], r["dfl"], r["assigner"]) for r in rows if r["nms"] == "nms"] == [
         ("sigmoid_focal", False, "tal"), ("quality_focal", False, "tal")]
     for bad, flag in ((["--dfl", "maybe"], "`--dfl`"), (["--assigner", "tal,nope"], "`--assigner`")):
