@@ -78,6 +78,12 @@ class PointPriors:
 def make_point_priors(strides: Sequence[int], image_size: int, reg_max: int | None = 16) -> PointPriors:
     """The :class:`PointPriors` of a square ``image_size`` input (a multiple of every stride).
 
+    Args:
+        strides: the stride of each level in pixels, smallest first.
+        image_size: the side of the square input in pixels, a multiple of every stride.
+        reg_max: ``R``, the last bin of each side's distribution (bins ``0..R``, ``>= 1``), or
+            None for DFL off (one distance per side).
+
     Example:
         >>> p = make_point_priors((8, 16), 32, reg_max=16)
         >>> p.num_slots, p.grid_sizes, p.box_channels  # 4 x 4 + 2 x 2 points, 4 sides x 17 bins
@@ -101,6 +107,11 @@ def decode_distances(box_raw: torch.Tensor, priors: PointPriors) -> torch.Tensor
 
     DFL on: the expectation of each side's softmax over the bins ``0..R``; off: ``softplus``.
 
+    Args:
+        box_raw: the box outputs ``(..., K)``, ``K = priors.box_channels`` (side-major bins with
+            DFL on: the ``R + 1`` logits of ``l``, then those of ``t``, ``r``, ``b``).
+        priors: the slots of the head; ``priors.reg_max`` says whether DFL is on.
+
     Example (R = 2; logits ``log w``: each side is ``(0 w_0 + 1 w_1 + 2 w_2) / (w_0 + w_1 + w_2)``):
         >>> p = make_point_priors((8,), 8, reg_max=2)
         >>> w = torch.tensor([[1.0, 2.0, 1.0], [2.0, 1.0, 1.0], [1.0, 1.0, 2.0], [1.0, 1.0, 1.0]])
@@ -119,6 +130,10 @@ def decode_distances(box_raw: torch.Tensor, priors: PointPriors) -> torch.Tensor
 def decode_points(raw: torch.Tensor, priors: PointPriors) -> torch.Tensor:
     """Boxes ``(B, A, 4)`` in ``xyxy`` pixels from the raw output ``(B, A, K + C)``.
 
+    Args:
+        raw: the head's output ``(B, A, K + C)``; only its first ``K`` channels are read.
+        priors: the ``A`` slots (points and strides) the output belongs to.
+
     Example (DFL off, one point at (4, 4) of stride 8; softplus(0.5413) = 1 stride, softplus(1.8546) = 2):
         >>> p = make_point_priors((8,), 8, reg_max=None)
         >>> decode_points(torch.tensor([[[0.5413, 0.5413, 1.8546, 0.5413, 0.0]]]), p).round(decimals=3)
@@ -132,6 +147,11 @@ def decode_points(raw: torch.Tensor, priors: PointPriors) -> torch.Tensor:
 def encode_points(boxes: torch.Tensor, points: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
     """The distances ``(..., 4)`` in strides from ``points (..., 2)`` to the sides of ``boxes
     (..., 4)`` (``xyxy``): the inverse of :func:`decode_points` (negative outside the box).
+
+    Args:
+        boxes: ``(..., 4)`` boxes, ``xyxy`` pixels.
+        points: ``(..., 2)`` points ``(x, y)`` in pixels.
+        strides: ``(...)`` the stride of each point in pixels.
 
     Example:
         >>> encode_points(torch.tensor([[0.0, 2.0, 12.0, 6.0]]), torch.tensor([[4.0, 4.0]]), torch.tensor([8.0]))
@@ -152,6 +172,12 @@ class AnchorFreeYOLO(TinyBackbone):
     (bin logits ``-(i - d0)^2 / 2``, whose expectation is 2.01 for ``R = 16``) and off
     (``softplus^-1(d0)``), so both variants begin from the same boxes. With ``width=16``
     and strides ``(8, 16)``: about 0.5 M parameters.
+
+    Args:
+        num_classes: ``C``, class logits per slot (``>= 1``).
+        strides: the output strides, one level each (the trunk's: ``(8, 16)``).
+        width: channels of the trunk's first stage; each branch has ``2 width``.
+        reg_max: ``R`` (bins ``0..R`` per side, ``>= 1``), or None for DFL off.
 
     Example:
         >>> model = AnchorFreeYOLO(4, strides=(8, 16), reg_max=16)

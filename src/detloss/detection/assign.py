@@ -163,6 +163,10 @@ def build_assigner(name: str, strides: Sequence[int]) -> DenseAssigner:
     - ``"simota"``: :class:`~detloss.assign.SimOTAAssigner` with YOLOX's defaults (centre
       region of 1.5 strides), on the class probabilities (no objectness).
 
+    Args:
+        name: ``"tal"``, ``"atss"`` or ``"simota"``.
+        strides: the head's strides in pixels, smallest first.
+
     Example:
         >>> build_assigner("tal", (8, 16)).min_box_size
         16.0
@@ -182,6 +186,11 @@ def pad_targets(
     """Per-image targets padded to the most objects of an image, as :mod:`detloss.assign` takes
     them: ``labels (B, T)`` int64, ``boxes (B, T, 4)`` xyxy, ``mask (B, T)`` bool. Boxes with a
     side <= 0 are masked out (the YOLOv3 assignment skips them too); padding is label 0, box 0.
+
+    Args:
+        targets: one dict per image with ``boxes (T_i, 4)`` xyxy and ``labels (T_i,)``.
+        device: where the outputs go (default: that of the boxes).
+        dtype: the dtype of the padded boxes.
 
     Example:
         >>> t = [{"boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0], [1.0, 1.0, 1.0, 5.0]]), "labels": torch.tensor([2, 1])},
