@@ -1,4 +1,5 @@
-"""``detloss boxes``: every IoU kind and its loss for one ground truth and several predictions."""
+"""``detloss boxes``: every IoU kind and its loss for one ground truth and several predictions;
+``--rotated``: the rotated IoU and GIoU, the Gaussian distances and KFIoU, and their losses."""
 
 from __future__ import annotations
 
@@ -8,11 +9,23 @@ from typing import Any
 
 import torch
 
-from detloss.boxes import IOU_KINDS, aligned_iou, convert
-from detloss.experiments.figures import draw_box_pair
+from detloss.boxes import IOU_KINDS, aligned_iou, convert, convert_rotated, gaussian_distance, kfiou, rotated_iou
+from detloss.experiments.figures import draw_box_pair, draw_rotated_pair
 from detloss.experiments.runs import save_figure
 
-__all__ = ["box_table", "draw_boxes"]
+__all__ = ["ROTATED_COLUMNS", "box_table", "draw_boxes", "draw_rotated_boxes", "rotated_box_table"]
+
+#: The columns of ``detloss boxes --rotated``: key and header. Each value is a similarity
+#: (IoU, GIoU, KFIoU) or a distance (the Gaussian ones); each loss is the detloss loss of the
+#: registry with its defaults (``rotated_iou`` for IoU and GIoU, ``probiou`` for B).
+ROTATED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("iou", "IoU"),
+    ("giou", "GIoU"),
+    ("bhattacharyya", "B (ProbIoU)"),
+    ("kld", "KLD"),
+    ("gwd", "GWD"),
+    ("kfiou", "KFIoU"),
+)
 
 
 def box_table(gt: Sequence[float], preds: Sequence[Sequence[float]], box_format: str) -> list[dict[str, Any]]:
@@ -28,6 +41,68 @@ def box_table(gt: Sequence[float], preds: Sequence[Sequence[float]], box_format:
             row[f"{kind}_loss"] = 1.0 - value
         rows.append(row)
     return rows
+
+
+def rotated_box_table(
+    gt: Sequence[float], preds: Sequence[Sequence[float]], box_format: str = "cxcywha", angle_unit: str = "deg"
+) -> list[dict[str, Any]]:
+    """One row per prediction: every :data:`ROTATED_COLUMNS` value and its loss, in float64."""
+    from detloss import functional as F
+
+    geometry: dict[str, Any] = {"box_format": box_format, "angle_unit": angle_unit}
+    target = torch.tensor([list(gt)], dtype=torch.float64)
+    rows = []
+    for pred in preds:
+        p = torch.tensor([list(pred)], dtype=torch.float64)
+        row: dict[str, Any] = {"pred": list(pred)}
+        for kind in ("iou", "giou"):
+            row[kind] = float(rotated_iou(p, target, kind, **geometry)[0])
+            row[f"{kind}_loss"] = float(F.rotated_iou_loss(p, target, kind=kind, **geometry))
+        for kind, loss in (("bhattacharyya", F.probiou_loss), ("kld", F.kld_loss), ("gwd", F.gwd_loss)):
+            row[kind] = float(gaussian_distance(p, target, kind, **geometry)[0])  # type: ignore[arg-type]
+            row[f"{kind}_loss"] = float(loss(p, target, **geometry))
+        row["kfiou"] = float(kfiou(p, target, **geometry)[0])
+        row["kfiou_loss"] = float(F.kfiou_loss(p, target, **geometry))
+        rows.append(row)
+    return rows
+
+
+def draw_rotated_boxes(
+    gt: Sequence[float],
+    preds: Sequence[Sequence[float]],
+    box_format: str,
+    angle_unit: str,
+    path: Path,
+    rows: list[dict[str, Any]],
+) -> None:
+    """One panel per prediction (numbered as in the table of ``detloss boxes --rotated``): both
+    boxes, their intersection polygon and the convex hull that rotated GIoU encloses them in."""
+    from detloss.boxes import rotated_outline
+    from detloss.experiments.report import pyplot
+
+    plt = pyplot()
+    target = torch.tensor(list(gt), dtype=torch.float64)
+    n = len(preds)
+    cols = min(n, 3)
+    height = (n + cols - 1) // cols
+    fig, axes = plt.subplots(height, cols, figsize=(4.2 * cols, 4.5 * height), squeeze=False)
+    for i, (ax, pred, row) in enumerate(zip(axes.flat, preds, rows)):
+        p = torch.tensor(list(pred), dtype=torch.float64)
+        inter, hull = rotated_outline(p, target, box_format, angle_unit)  # type: ignore[arg-type]
+        corners = [convert_rotated(b, box_format, "xyxyxyxy", angle_unit=angle_unit).reshape(4, 2) for b in (p, target)]  # type: ignore[arg-type]
+        title = (
+            f"prediction {i + 1}: " + ",".join(f"{v:g}" for v in pred) + "\n"
+            f"IoU {row['iou']:.3f}  GIoU {row['giou']:.3f}  KFIoU {row['kfiou']:.3f}\n"
+            f"B {row['bhattacharyya']:.3f}  KLD {row['kld']:.3f}  GWD {row['gwd']:.1f}"
+        )
+        draw_rotated_pair(ax, corners[0].tolist(), corners[1].tolist(), inter.tolist(), hull.tolist(), title)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    save_figure(fig, path)
+    plt.close(fig)
 
 
 def draw_boxes(
