@@ -523,20 +523,24 @@ def convert_dataset(
 @app.command()
 def bench(
     losses: Annotated[
-        str, typer.Option(help="Comma-separated losses (IoU family, binary family) and compiled-step.")
-    ] = "iou,giou,diou,ciou,eiou,siou,sigmoid_focal,quality_focal,varifocal,binary_cross_entropy,compiled-step",
+        str, typer.Option(help="Comma-separated losses (IoU family, binary family, rotated) and compiled-step.")
+    ] = (
+        "iou,giou,diou,ciou,eiou,siou,sigmoid_focal,quality_focal,varifocal,binary_cross_entropy,"
+        "probiou,kld,gwd,kfiou,rotated_iou,compiled-step"
+    ),
     sizes: Annotated[
         str,
         typer.Option(
             help="Comma-separated sizes: box pairs, or logits (as n/80 x 80). "
-            "Default: 1e4,1e5,1e6 pairs; 8e4,8e5,8e6 logits (up to 100,000 anchors x 80 classes)."
+            "Default: 1e4,1e5,1e6 pairs; 8e4,8e5,8e6 logits (up to 100,000 anchors x 80 classes); "
+            "1e5,1e6 rotated pairs."
         ),
     ] = "",
     backends: Annotated[str, typer.Option(help="Comma-separated backends (default: those available here).")] = "",
     repeat: Annotated[int, typer.Option(help="Timed runs per measurement (the median is kept).")] = 7,
     threads: Annotated[int, typer.Option(help="torch threads (0: leave as is).")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    peers: Annotated[bool, typer.Option(help="Time fvcore / kornia when installed.")] = True,
+    peers: Annotated[bool, typer.Option(help="Time fvcore / kornia / ultralytics when installed.")] = True,
     out: Annotated[Path | None, typer.Option(help="Folder (default runs/bench-<stamp>).")] = None,
 ) -> None:
     """Time every fused loss per backend against the reference, the installed peers and the memory floor."""

@@ -274,3 +274,13 @@ def test_tiny_obb_training_with_probiou_is_finite(tmp_path: Path) -> None:
     assert all(math.isfinite(float(v)) for k, v in metrics.items() if "loss" in k), metrics
     train_batches = TRAIN_IMAGES // BATCH
     assert calls["bhattacharyya"] >= train_batches  # detloss's ProbIoU computed the box term (and in val)
+
+
+def test_bench_times_ultralytics_probiou_as_the_peer_of_probiou() -> None:
+    from detloss.experiments.bench import bench_inputs, peers
+
+    pred, target = bench_inputs("probiou", 2000, torch.device("cpu"))
+    peer = peers("probiou")["ultralytics"]
+    # the same loss: 1 - probiou is detloss's ProbIoU up to ultralytics' eps terms (sqrt(2 eps) at most)
+    assert abs(float(peer(pred, target)) - float(F.probiou_loss(pred, target))) < 5e-4
+    assert set(peers("kld")) == set()
