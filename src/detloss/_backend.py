@@ -178,7 +178,7 @@ def backend_info() -> BackendInfo:
 # ---------------------------------------------------------------- the dispatch
 
 _OPERATORS = {op.name: getattr(getattr(torch.ops, ops.NAMESPACE), op.name).default for op in ops.OPERATORS}
-_TORCH_PATHS = {op.name: ops.torch_function(op) for op in ops.OPERATORS}
+_TORCH_PATHS = {op.name: ops.torch_function(op) for op in ops.OPERATORS if op.forward is not None}
 _compiled: dict[str, Callable[..., Any]] = {}
 _compile_failed: set[str] = set()
 
@@ -264,6 +264,26 @@ def binary_loss(
     xf, yf, shape = flat
     alpha = None if alpha is None else float(alpha)
     return _run(backend, "binary_loss", x.device, (xf, yf, kind, alpha, float(gamma))).reshape(shape)  # type: ignore[no-any-return]
+
+
+def rotated_gaussian_loss(
+    pred: torch.Tensor, target: torch.Tensor, kind: str, fun: str, tau: float, eps: float
+) -> torch.Tensor | None:
+    """The elementwise Gaussian loss of ``cxcywha`` pairs (radians) by the native kernel, or
+    ``None`` for the reference path: the rotated losses have no fused composition, so every
+    backend but ``native`` (CPU) runs the reference.
+
+    ``pred`` and ``target`` are checked boxes of one floating dtype (float32 or wider) that
+    broadcast, as :func:`detloss.boxes.rotated.check_rotated_pair` returns them.
+    """
+    if pred.device.type != "cpu" or resolve(pred.device) != "native":
+        return None
+    flat = _flat_pair(pred, target, 5)
+    if flat is None:
+        return None
+    p, t, shape = flat
+    loss = _OPERATORS["rotated_gaussian_loss"](p, t, kind, fun, float(tau), float(eps))
+    return loss.reshape(shape[:-1])  # type: ignore[no-any-return]
 
 
 @contextmanager

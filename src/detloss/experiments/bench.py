@@ -20,8 +20,8 @@ For each loss and size ``n`` (box pairs for the IoU family and the rotated losse
 - ``compile_s`` (compiled backend): the first call's time, compilation included.
 
 The rotated losses (:data:`ROTATED_LOSSES`, ``cxcywha`` pairs in radians) have no fused
-composition: their rows are the reference path (``impl="reference"``) and ultralytics'
-``probiou`` as the peer of
+composition: their rows are the reference path (``impl="reference"``), the native operator
+for ProbIoU, KLD and GWD (``native``), and ultralytics' ``probiou`` as the peer of
 ``probiou`` when ultralytics is installed (its ``1 - probiou``, mean; ultralytics' default
 ``eps``, no ``floor``: the function as ``RotatedBboxLoss`` calls it).
 
@@ -63,6 +63,7 @@ __all__ = [
     "IOU_SIZES",
     "NUM_CLASSES",
     "ROTATED_LOSSES",
+    "ROTATED_NATIVE",
     "ROTATED_SIZES",
     "STEP_SIZES",
     "available_backends",
@@ -110,9 +111,14 @@ def _ours(loss: str) -> Fn:
     return lambda a, b: fn(a, b)
 
 
+#: The rotated losses with a native operator (``torch.ops.detloss.rotated_gaussian_loss``).
+ROTATED_NATIVE = ("probiou", "kld", "gwd")
+
+
 def rotated_backends(loss: str, names: Iterable[str]) -> list[str]:
-    """The backends of ``names`` that have their own path for rotated ``loss``: the reference."""
-    return [n for n in names if n == "reference"]
+    """The backends of ``names`` that have their own path for rotated ``loss``: the reference,
+    and native for :data:`ROTATED_NATIVE`."""
+    return [n for n in names if n == "reference" or (n == "native" and loss in ROTATED_NATIVE)]
 
 
 def peers(loss: str) -> dict[str, Fn]:
@@ -396,8 +402,8 @@ def run_bench(
     ``saved_bytes``, ``peak_bytes``, ``ratio_vs_fastest_peer``, ``ratio_vs_floor`` and a few more.
 
     ``sizes`` applies to every loss; ``None``: :data:`IOU_SIZES` box pairs for the IoU family,
-    :data:`ROTATED_SIZES` pairs for the rotated losses (on the reference and native backends
-    only), :data:`BINARY_SIZES` logits for the binary family, :data:`STEP_SIZES` anchors for
+    :data:`ROTATED_SIZES` pairs for the rotated losses (on the reference backend, and native
+    for :data:`ROTATED_NATIVE`), :data:`BINARY_SIZES` logits for the binary family, :data:`STEP_SIZES` anchors for
     ``compiled-step`` (whose ``torch.compile`` backend is ``compile_backend``).
     """
     dev = torch.device(device)
