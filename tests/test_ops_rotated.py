@@ -172,3 +172,17 @@ def test_losses_dispatch_to_the_operator_only_where_it_applies(monkeypatch: pyte
     assert len(calls) == 2
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(in_degrees, slow.mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_double_backward_through_the_operator_says_it_is_not_implemented() -> None:
+    need_native()
+    pred, target = rotated_pairs(4, torch.float64)
+    p = pred.clone().requires_grad_(True)
+    with detloss.use_backend("native"):
+        (grad,) = torch.autograd.grad(F.gwd_loss(p, target), p, create_graph=True)
+    with pytest.raises(RuntimeError, match="rotated_gaussian_loss_backward is not implemented"):
+        grad.sum().backward()
+    with detloss.use_backend("reference"):  # the reference path has second derivatives
+        (grad,) = torch.autograd.grad(F.gwd_loss(p, target), p, create_graph=True)
+    grad.sum().backward()
+    assert bool(torch.isfinite(p.grad).all())

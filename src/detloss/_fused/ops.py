@@ -59,6 +59,7 @@ Adding an operator (e.g. a rotated-box loss):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -279,7 +280,18 @@ def _register() -> torch.library.Library:
         torch.library.register_autograd(
             f"{NAMESPACE}::{op.name}", autograd_backward, setup_context=setup_context, lib=lib
         )
+        if op.forward is None:  # native only: the backward has no derivative, and says so
+            torch.library.register_autograd(
+                f"{NAMESPACE}::{backward_name}",
+                functools.partial(_no_second_derivative, backward_name),
+                setup_context=lambda ctx, inputs, output: None,
+                lib=lib,
+            )
     return lib
+
+
+def _no_second_derivative(name: str, ctx: Any, *grads: Any) -> Any:
+    raise RuntimeError(f"derivative for {NAMESPACE}::{name} is not implemented (the reference path has one)")
 
 
 _LIBRARY = _register()
