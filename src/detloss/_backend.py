@@ -266,26 +266,6 @@ def binary_loss(
     return _run(backend, "binary_loss", x.device, (xf, yf, kind, alpha, float(gamma))).reshape(shape)  # type: ignore[no-any-return]
 
 
-def rotated_gaussian_loss(
-    pred: torch.Tensor, target: torch.Tensor, kind: str, fun: str, tau: float, eps: float
-) -> torch.Tensor | None:
-    """The elementwise Gaussian loss of ``cxcywha`` pairs (radians) by the native kernel, or
-    ``None`` for the reference path: the rotated losses have no fused composition, so every
-    backend but ``native`` (CPU) runs the reference.
-
-    ``pred`` and ``target`` are checked boxes of one floating dtype (float32 or wider) that
-    broadcast, as :func:`detloss.boxes.rotated.check_rotated_pair` returns them.
-    """
-    if pred.device.type != "cpu" or resolve(pred.device) != "native":
-        return None
-    flat = _flat_pair(pred, target, 5)
-    if flat is None:
-        return None
-    p, t, shape = flat
-    loss = _OPERATORS["rotated_gaussian_loss"](p, t, kind, fun, float(tau), float(eps))
-    return loss.reshape(shape[:-1])  # type: ignore[no-any-return]
-
-
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run torch (and the native kernel's OpenMP loops) on ``n`` threads inside the block."""

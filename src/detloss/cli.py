@@ -23,7 +23,6 @@ app = typer.Typer(
     help="Object-detection losses: compare, plot, simulate, benchmark, train.",
 )
 
-
 def _show_version(value: bool) -> None:
     if value:
         import platform

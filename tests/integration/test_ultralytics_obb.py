@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from detloss import DetLossError
 from detloss import functional as F
 from detloss.integrations import ultralytics as dlu
 from detloss.testing import random_rotated_boxes
+from tests.integration.test_ultralytics_patch import _spy
 
 IMGSZ = (96, 128)  # height, width
 
@@ -85,20 +85,6 @@ def _loss(model: Any, batch: dict[str, torch.Tensor], floor: float | None = None
         total, items = model.loss(batch, preds)
     grads = torch.autograd.grad(total.sum(), outputs)
     return items, torch.cat([g.flatten() for g in grads])
-
-
-@contextlib.contextmanager
-def _spy() -> Iterator[dict[str, tuple]]:
-    seen: dict[str, tuple] = {}
-    original = dlu.RotatedBoxTerm.forward
-
-    def spy(self: dlu.RotatedBoxTerm, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seen["args"] = tuple(a.detach().clone() for a in args)
-        return original(self, *args)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dlu.RotatedBoxTerm, "forward", spy)
-        yield seen
 
 
 def _pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +168,7 @@ def test_rotated_box_term_is_detloss_loss_on_pixel_boxes(
     model: OBBModel, batch: dict[str, torch.Tensor], box_loss: str
 ) -> None:
     expected_items, _ = _loss(model, batch)
-    with _spy() as seen:
+    with _spy(dlu.RotatedBoxTerm) as seen:
         items, grad = _loss(model, batch, box_loss=box_loss)
     _, pred, _, target, scores, scores_sum, fg, _, stride = seen["args"]
     scale = torch.cat([stride.expand(-1, 4), torch.ones_like(stride)], -1)  # angle in radians, unscaled

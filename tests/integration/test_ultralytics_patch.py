@@ -74,17 +74,17 @@ def _loss(model: DetectionModel, batch: dict[str, torch.Tensor], **patch_args: o
 
 
 @contextlib.contextmanager
-def _spy() -> Iterator[dict[str, tuple]]:
-    """Record the arguments ultralytics passes to the box term."""
+def _spy(term: type[dlu.BoxTerm] = dlu.BoxTerm) -> Iterator[dict[str, tuple]]:
+    """Record the arguments ultralytics passes to the box term (of class ``term``)."""
     seen: dict[str, tuple] = {}
-    original = dlu.BoxTerm.forward
+    original = term.forward
 
     def spy(self: dlu.BoxTerm, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seen["args"] = tuple(a.detach().clone() for a in args)
         return original(self, *args)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dlu.BoxTerm, "forward", spy)
+        mp.setattr(term, "forward", spy)
         yield seen
 
 

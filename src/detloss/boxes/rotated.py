@@ -83,7 +83,6 @@ __all__ = [
     "ROTATED_IOU_KINDS",
     "Frames",
     "centre_offset",
-    "check_rotated_pair",
     "convert_rotated",
     "gaussian_distance",
     "kfiou",
@@ -400,14 +399,8 @@ def _cross_table(d: torch.Tensor, a: Frames, b: Frames) -> _CrossTable:
 
 
 def _frame_cross(
-    a1: torch.Tensor,
-    b1: torch.Tensor,
-    box1: torch.Tensor,
-    a2: torch.Tensor,
-    b2: torch.Tensor,
-    box2: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
+    a1: torch.Tensor, b1: torch.Tensor, box1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor, box2: torch.Tensor,
+    cos: torch.Tensor, sin: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``cross(a1 u_1 + b1 v_1, a2 u_2 + b2 v_2)`` for vectors in the frames of boxes ``box1``,
     ``box2`` (0: A, 1: B; ``cos``, ``sin`` of the angle from A to B), and the sum of its terms'
@@ -423,19 +416,10 @@ def _frame_cross(
 
 
 def _turns(
-    inside_b: torch.Tensor,
-    inside_r: torch.Tensor,
-    box_b: torch.Tensor,
-    box_r: torch.Tensor,
-    box_c: torch.Tensor,
-    corner_b: tuple[torch.Tensor, torch.Tensor],
-    corner_r: tuple[torch.Tensor, torch.Tensor],
-    corner_c: tuple[torch.Tensor, torch.Tensor],
-    reach_b: tuple[torch.Tensor, torch.Tensor],
-    reach_c: tuple[torch.Tensor, torch.Tensor],
-    s_b: torch.Tensor,
-    s_r: torch.Tensor,
-    cos: torch.Tensor,
+    inside_b: torch.Tensor, inside_r: torch.Tensor, box_b: torch.Tensor, box_r: torch.Tensor, box_c: torch.Tensor,
+    corner_b: tuple[torch.Tensor, torch.Tensor], corner_r: tuple[torch.Tensor, torch.Tensor],
+    corner_c: tuple[torch.Tensor, torch.Tensor], reach_b: tuple[torch.Tensor, torch.Tensor],
+    reach_c: tuple[torch.Tensor, torch.Tensor], s_b: torch.Tensor, s_r: torch.Tensor, cos: torch.Tensor,
     sin: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``cross(P_b - P_c, P_r - P_c)`` from the current corner ``c``, elementwise over tensors of
@@ -455,9 +439,8 @@ def _turns(
     (du_b, dv_b), (du_c, dv_c) = reach_b, reach_c
     dab, dbb, dar, dbr = ab - ac, bb - bc, ar - ac, br - bc  # exact for the corners of c's box
 
-    def one_inside(
-        da: torch.Tensor, db: torch.Tensor, s_o: torch.Tensor, ao: torch.Tensor, bo: torch.Tensor, box_o: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def one_inside(da: torch.Tensor, db: torch.Tensor, s_o: torch.Tensor, ao: torch.Tensor, bo: torch.Tensor,
+                   box_o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # cross(P_i - P_c, P_o - P_c) for i in c's box (side differences da, db), o not
         far, far_size = _frame_cross(da, db, box_c, ao, bo, box_o, cos, sin)
         value = -s_o * (da * du_c + db * dv_c) + far - (da * bc - db * ac)
@@ -575,20 +558,10 @@ def _hull_order(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) ->
                     n = unsure.nonzero(as_tuple=True)[0]
                     b_n, c_n = best[n], current[n]
                     exact, exact_size = _turns(
-                        inside[n, b_n],
-                        inside[n, r],
-                        box[b_n],
-                        box[r],
-                        box[c_n],
-                        (alpha[n, b_n], beta[n, b_n]),
-                        (alpha[n, r], beta[n, r]),
-                        (alpha[n, c_n], beta[n, c_n]),
-                        (du[n, b_n], dv[n, b_n]),
-                        (du[n, c_n], dv[n, c_n]),
-                        s_all[n, b_n],
-                        s_all[n, r],
-                        cos_ab[n],
-                        sin_ab[n],
+                        inside[n, b_n], inside[n, r], box[b_n], box[r], box[c_n],
+                        (alpha[n, b_n], beta[n, b_n]), (alpha[n, r], beta[n, r]), (alpha[n, c_n], beta[n, c_n]),
+                        (du[n, b_n], dv[n, b_n]), (du[n, c_n], dv[n, c_n]), s_all[n, b_n], s_all[n, r],
+                        cos_ab[n], sin_ab[n],
                     )
                     turn, tol = turn.index_put((n,), exact), tol.index_put((n,), 16 * unit * exact_size)
                 farther = (dist_r > best_dist) & (_dot(best_to, to_r) >= 0)  # on, and beyond, the best
@@ -653,22 +626,6 @@ def prepare_rotated_pair(
     broadcast: bool = True,
 ) -> tuple[Frames, Frames]:
     """Check two rotated box tensors and return their frames, float32 or wider, one dtype."""
-    p, t = check_rotated_pair(where, pred, target, box_format, angle_unit, eps, names=names, broadcast=broadcast)
-    return rotated_frames(p, box_format, angle_unit), rotated_frames(t, box_format, angle_unit)
-
-
-def check_rotated_pair(
-    where: str,
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    box_format: str,
-    angle_unit: str,
-    eps: float,
-    *,
-    names: tuple[str, str] = ("pred", "target"),
-    broadcast: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check two rotated box tensors and return them in one dtype, float32 or wider."""
     check_choice(where, "box_format", box_format, ROTATED_FORMATS)
     check_choice(where, "angle_unit", angle_unit, ANGLE_UNITS)
     check_rotated_boxes(where, names[0], pred, box_format)
@@ -683,7 +640,8 @@ def check_rotated_pair(
                 where, names[1], f"a shape that broadcasts with `{names[0]}` {tuple(pred.shape)}", tuple(target.shape)
             ) from None
     dtype = torch.promote_types(upcast(pred).dtype, upcast(target).dtype)
-    return pred.to(dtype), target.to(dtype)
+    frames = (rotated_frames(t.to(dtype), box_format, angle_unit) for t in (pred, target))
+    return next(frames), next(frames)
 
 
 def rotated_iou(
@@ -957,10 +915,7 @@ def _bhattacharyya(g: _GaussianPair) -> torch.Tensor:
     # delta^T (Sigma_p + Sigma_t)^-1 delta = k sum_i (c_i / root_det)^2, the c_i the components of
     # adj(Sigma_p + Sigma_t) in the boxes' frames; each ratio is formed before it is squared
     components = (
-        g.hp * _dot(g.up, g.delta),
-        g.wp * _dot(vp, g.delta),
-        g.ht * _dot(g.ut, g.delta),
-        g.wt * _dot(vt, g.delta),
+        g.hp * _dot(g.up, g.delta), g.wp * _dot(vp, g.delta), g.ht * _dot(g.ut, g.delta), g.wt * _dot(vt, g.delta)
     )
     mahalanobis = sum((c / root_det) ** 2 for c in components)
     return 0.25 * k * mahalanobis + 0.5 * _log_volume_ratio(g)

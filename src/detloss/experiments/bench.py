@@ -20,8 +20,10 @@ For each loss and size ``n`` (box pairs for the IoU family and the rotated losse
 - ``compile_s`` (compiled backend): the first call's time, compilation included.
 
 The rotated losses (:data:`ROTATED_LOSSES`, ``cxcywha`` pairs in radians) have no fused
-composition: their rows are the reference path (``impl="reference"``), the native operator
-for ProbIoU, KLD and GWD (``native``), and ultralytics' ``probiou`` as the peer of
+composition: their rows are the reference path (``impl="reference"``), for ProbIoU, KLD and
+GWD the native operator called directly (``native``: ``torch.ops.detloss.rotated_gaussian_loss``
+with the loss's defaults, then the mean; the losses themselves do not use it), and
+ultralytics' ``probiou`` as the peer of
 ``probiou`` when ultralytics is installed (its ``1 - probiou``, mean; ultralytics' default
 ``eps``, no ``floor``: the function as ``RotatedBboxLoss`` calls it).
 
@@ -106,13 +108,22 @@ def prepare_backends(names: Iterable[str], device: torch.device) -> None:
             detloss.get_backend(device)
 
 
-def _ours(loss: str) -> Fn:
+def _ours(loss: str, backend: str = "reference") -> Fn:
+    if backend == "native" and loss in ROTATED_NATIVE:
+        kind, fun, tau = ROTATED_NATIVE[loss]
+        op = torch.ops.detloss.rotated_gaussian_loss
+        return lambda a, b: op(a, b, kind, fun, tau, 1e-7).mean()
     fn = getattr(F, f"{loss}_loss")
     return lambda a, b: fn(a, b)
 
 
-#: The rotated losses with a native operator (``torch.ops.detloss.rotated_gaussian_loss``).
-ROTATED_NATIVE = ("probiou", "kld", "gwd")
+#: The rotated losses with a native operator, ``torch.ops.detloss.rotated_gaussian_loss``:
+#: its ``kind``, ``fun`` and ``tau`` for the loss's defaults.
+ROTATED_NATIVE: dict[str, tuple[str, str, float]] = {
+    "probiou": ("bhattacharyya", "hellinger", 0.0),
+    "kld": ("kld", "log1p", 1.0),
+    "gwd": ("gwd", "sqrt", 2.0),
+}
 
 
 def rotated_backends(loss: str, names: Iterable[str]) -> list[str]:
@@ -451,7 +462,12 @@ def _loss_rows(
         if progress:
             progress(f"{loss} n={elements} {name}")
         with detloss.use_backend(name):
-            row = {"loss": loss, "impl": name, "n": elements, **_time_impl(_ours(loss), pred, target, repeat, dev)}
+            row = {
+                "loss": loss,
+                "impl": name,
+                "n": elements,
+                **_time_impl(_ours(loss, name), pred, target, repeat, dev),
+            }
         if name == "compiled":
             row["compile_s"] = row["first_call_s"]
         group.append(row)

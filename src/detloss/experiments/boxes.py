@@ -43,6 +43,28 @@ def box_table(gt: Sequence[float], preds: Sequence[Sequence[float]], box_format:
     return rows
 
 
+def _panels(n: int, height: float) -> tuple[Any, Any]:
+    """A figure of ``n`` panels, three to a row, each 4.2 x ``height`` inches."""
+    from detloss.experiments.report import pyplot
+
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    return pyplot().subplots(rows, cols, figsize=(4.2 * cols, height * rows), squeeze=False)
+
+
+def _finish(fig: Any, axes: Any, n: int, path: Path, columns: int) -> None:
+    """Blank the unused panels, one legend under them all, save and close."""
+    from detloss.experiments.report import pyplot
+
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=columns, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    save_figure(fig, path)
+    pyplot().close(fig)
+
+
 def rotated_box_table(
     gt: Sequence[float], preds: Sequence[Sequence[float]], box_format: str = "cxcywha", angle_unit: str = "deg"
 ) -> list[dict[str, Any]]:
@@ -78,14 +100,9 @@ def draw_rotated_boxes(
     """One panel per prediction (numbered as in the table of ``detloss boxes --rotated``): both
     boxes, their intersection polygon and the convex hull that rotated GIoU encloses them in."""
     from detloss.boxes import rotated_outline
-    from detloss.experiments.report import pyplot
 
-    plt = pyplot()
     target = torch.tensor(list(gt), dtype=torch.float64)
-    n = len(preds)
-    cols = min(n, 3)
-    height = (n + cols - 1) // cols
-    fig, axes = plt.subplots(height, cols, figsize=(4.2 * cols, 4.5 * height), squeeze=False)
+    fig, axes = _panels(len(preds), 4.5)
     for i, (ax, pred, row) in enumerate(zip(axes.flat, preds, rows)):
         p = torch.tensor(list(pred), dtype=torch.float64)
         inter, hull = rotated_outline(p, target, box_format, angle_unit)  # type: ignore[arg-type]
@@ -96,13 +113,7 @@ def draw_rotated_boxes(
             f"B {row['bhattacharyya']:.3f}  KLD {row['kld']:.3f}  GWD {row['gwd']:.1f}"
         )
         draw_rotated_pair(ax, corners[0].tolist(), corners[1].tolist(), inter.tolist(), hull.tolist(), title)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    save_figure(fig, path)
-    plt.close(fig)
+    _finish(fig, axes, len(preds), path, 4)
 
 
 def draw_boxes(
@@ -110,19 +121,11 @@ def draw_boxes(
 ) -> None:
     """One panel per prediction, titled with its number and coordinates (as in the table of
     ``detloss boxes``), with both boxes, the enclosing box, rho and c."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     def xyxy(b: Sequence[float]) -> tuple[float, ...]:
         return tuple(convert(torch.tensor(list(b), dtype=torch.float64), box_format, "xyxy").tolist())  # type: ignore[arg-type]
 
-    n = len(preds)
-    cols = min(n, 3)
-    fig, axes = plt.subplots(
-        (n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.9 * ((n + cols - 1) // cols)), squeeze=False
-    )
+    fig, axes = _panels(len(preds), 3.9)
     for i, (ax, pred, row) in enumerate(zip(axes.flat, preds, rows)):
         title = (
             f"prediction {i + 1}: " + ",".join(f"{v:g}" for v in pred) + f" ({box_format})\n"
@@ -130,10 +133,4 @@ def draw_boxes(
             f"CIoU {row['ciou']:.3f}  EIoU {row['eiou']:.3f}  SIoU {row['siou']:.3f}"
         )
         draw_box_pair(ax, xyxy(pred), xyxy(gt), title)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    save_figure(fig, path)
-    plt.close(fig)
+    _finish(fig, axes, len(preds), path, 3)

@@ -14,19 +14,16 @@ from typing import Literal
 
 import torch
 
-from detloss import _backend
 from detloss._checks import check_choice, check_range
 from detloss._typing import AngleUnit, AvgFactor, Reduction, RotatedBoxFormat, RotatedIoUKind
 from detloss.boxes.rotated import (
     ROTATED_IOU_KINDS,
     Frames,
     centre_offset,
-    check_rotated_pair,
     gaussian_core,
     kfiou_core,
     prepare_rotated_pair,
     rotated_box_similarity,
-    rotated_frames,
 )
 from detloss.functional._math import finite_pow
 from detloss.functional.regression import smooth_l1_loss
@@ -184,15 +181,11 @@ def _gaussian_elementwise(
     angle_unit: str,
     eps: float,
 ) -> torch.Tensor:
-    """The elementwise loss ``gaussian_transform(gaussian_distance(pred, target, kind), fun)``:
-    by the active backend's kernel where it has one (``cxcywha`` in radians), else the reference."""
-    p, t = check_rotated_pair(where, pred, target, box_format, angle_unit, eps)
-    if box_format == "cxcywha" and angle_unit == "rad":
-        fast = _backend.rotated_gaussian_loss(p, t, kind, fun, tau, eps)  # None: the reference path
-        if fast is not None:
-            return fast
-    frames_p, frames_t = rotated_frames(p, box_format, angle_unit), rotated_frames(t, box_format, angle_unit)
-    return gaussian_transform(gaussian_core(frames_p, frames_t, kind, eps), fun, tau, eps)
+    """The elementwise loss ``gaussian_transform(gaussian_distance(pred, target, kind), fun)``, on
+    every backend by the reference composition (the native operator
+    ``torch.ops.detloss.rotated_gaussian_loss`` computes the same, but slower on CPU)."""
+    p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
+    return gaussian_transform(gaussian_core(p, t, kind, eps), fun, tau, eps)
 
 
 def kld_loss(
