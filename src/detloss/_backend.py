@@ -128,7 +128,7 @@ def _native_loaded() -> bool:
 def resolve(device: torch.device | str = "cpu") -> str:
     """The backend a loss on ``device`` runs now (may build the native kernel once)."""
     requested = _requested(_chosen)  # reading _chosen here lets torch.compile guard on it
-    on_cpu = torch.device(device).type == "cpu"
+    on_cpu = (device if isinstance(device, torch.device) else torch.device(device)).type == "cpu"
     if requested in ("reference", "fused", "compiled"):
         return requested
     if on_cpu:
@@ -211,11 +211,13 @@ def _flat_pair(a: torch.Tensor, b: torch.Tensor, last: int) -> tuple[torch.Tenso
     """Broadcast ``a`` and ``b`` to one shape and flatten; ``None`` if dtypes or devices differ."""
     if a.dtype != b.dtype or a.dtype not in (torch.float32, torch.float64) or a.device != b.device:
         return None
-    shape = torch.broadcast_shapes(a.shape, b.shape)
-    a, b = a.expand(shape), b.expand(shape)
-    if last:
-        return a.reshape(-1, last).contiguous(), b.reshape(-1, last).contiguous(), shape
-    return a.reshape(-1).contiguous(), b.reshape(-1).contiguous(), shape
+    shape = a.shape
+    if b.shape != shape:  # the per-call cost of a small loss: no broadcasting where none is needed
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+        a, b = a.expand(shape), b.expand(shape)
+    if a.dim() != (2 if last else 1):
+        a, b = (a.reshape(-1, last), b.reshape(-1, last)) if last else (a.reshape(-1), b.reshape(-1))
+    return a.contiguous(), b.contiguous(), shape
 
 
 def box_loss(
@@ -245,6 +247,8 @@ def box_loss(
     p, t, shape = flat
     args = (p, t, kind, float(eps), bool(alpha_gate), aspect_grad == "paper", float(siou_theta))
     loss, iou = _run(backend, "iou_loss", pred.device, args)
+    if len(shape) == 2:
+        return loss, iou
     return loss.reshape(shape[:-1]), iou.reshape(shape[:-1])
 
 
@@ -263,7 +267,8 @@ def binary_loss(
         return None
     xf, yf, shape = flat
     alpha = None if alpha is None else float(alpha)
-    return _run(backend, "binary_loss", x.device, (xf, yf, kind, alpha, float(gamma))).reshape(shape)  # type: ignore[no-any-return]
+    out = _run(backend, "binary_loss", x.device, (xf, yf, kind, alpha, float(gamma)))
+    return out if len(shape) == 1 else out.reshape(shape)  # type: ignore[no-any-return]
 
 
 @contextmanager
