@@ -58,6 +58,7 @@ __all__ = [
     "binary_loss",
     "box_loss",
     "get_backend",
+    "pairwise",
     "resolve",
     "set_backend",
     "torch_threads",
@@ -179,6 +180,7 @@ def backend_info() -> BackendInfo:
 
 _OPERATORS = {op.name: getattr(getattr(torch.ops, ops.NAMESPACE), op.name).default for op in ops.OPERATORS}
 _TORCH_PATHS = {op.name: ops.torch_function(op) for op in ops.OPERATORS}
+_PAIRWISE = getattr(getattr(torch.ops, ops.NAMESPACE), ops.PAIRWISE).default
 _compiled: dict[str, Callable[..., Any]] = {}
 _compile_failed: set[str] = set()
 
@@ -269,6 +271,17 @@ def binary_loss(
     alpha = None if alpha is None else float(alpha)
     out = _run(backend, "binary_loss", x.device, (xf, yf, kind, alpha, float(gamma)))
     return out if len(shape) == 1 else out.reshape(shape)  # type: ignore[no-any-return]
+
+
+def pairwise(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str, eps: float) -> torch.Tensor | None:
+    """``(N, M)`` similarities of checked ``xyxy`` boxes by the native kernel, or ``None`` for the
+    reference composition: the kernel runs on CPU under the native backend, float32 or float64,
+    where no gradient is needed (the caller decides that)."""
+    if kind not in IOU_KINDS or boxes1.dtype != boxes2.dtype or boxes1.dtype not in (torch.float32, torch.float64):
+        return None
+    if boxes1.device.type != "cpu" or boxes2.device.type != "cpu" or resolve(boxes1.device) != "native":
+        return None
+    return _PAIRWISE(boxes1, boxes2, kind, float(eps))  # type: ignore[no-any-return]
 
 
 @contextmanager

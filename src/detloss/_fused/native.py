@@ -52,6 +52,7 @@ _HERE = Path(__file__).parent
 # new source file joins the build with one line here.
 SOURCES: tuple[str, ...] = (
     "kernels.cpp",
+    "pairwise.cpp",
 )
 # What the sources include from this folder: part of the build's hash, not compiled alone.
 HEADERS: tuple[str, ...] = ("kernels.h",)

@@ -63,6 +63,8 @@ __all__ = [
     "IOU_LOSSES",
     "IOU_SIZES",
     "NUM_CLASSES",
+    "PAIRWISE_LOSSES",
+    "PAIRWISE_SIZES",
     "SMALL_LOGITS",
     "SMALL_PAIRS",
     "SMALL_REPEAT",
@@ -72,6 +74,7 @@ __all__ = [
     "available_backends",
     "bench_inputs",
     "floor_copy",
+    "pairwise_peers",
     "peers",
     "prepare_backends",
     "report_markdown",
@@ -82,10 +85,12 @@ IOU_LOSSES = ("iou", "giou", "diou", "ciou", "eiou", "siou")
 BINARY_LOSSES = ("sigmoid_focal", "quality_focal", "varifocal", "binary_cross_entropy")
 NUM_CLASSES = 80
 COMPILED_STEP = "compiled-step"
-BENCH_LOSSES = (*IOU_LOSSES, *BINARY_LOSSES, COMPILED_STEP)
+PAIRWISE_LOSSES = ("pairwise-iou", "pairwise-giou", "pairwise-ciou")  # pairwise_iou of one kind
+BENCH_LOSSES = (*IOU_LOSSES, *BINARY_LOSSES, *PAIRWISE_LOSSES, COMPILED_STEP)
 IOU_SIZES = (1_000, 10_000, 100_000, 1_000_000)  # box pairs
 BINARY_SIZES = (80_000, 800_000, 8_000_000)  # logits: 1,000 / 10,000 / 100,000 anchors x 80 classes
 STEP_SIZES = (1_000, 10_000, 100_000)  # anchors of the compiled step, each a box and 80 logits
+PAIRWISE_SIZES = (20_000,)  # boxes2 (M); boxes1 has M / 10 (N): an assigner's anchors x targets
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CALL_FLOOR = "call-floor"
 #: Sizes up to these (box pairs, logits) are also timed in a tight loop, ``TIGHT_CALLS`` calls
@@ -473,6 +478,10 @@ def run_bench(
             step_sizes = [int(n) for n in (sizes if sizes is not None else STEP_SIZES)]
             rows += _step_rows(step_sizes, names, repeat, dev, compile_backend, progress)
             continue
+        if loss in PAIRWISE_LOSSES:
+            for n in sizes if sizes is not None else PAIRWISE_SIZES:
+                rows += _pairwise_rows(loss, int(n), names, repeat, dev, with_peers, progress)
+            continue
         for n in sizes if sizes is not None else (IOU_SIZES if loss in IOU_LOSSES else BINARY_SIZES):
             rows += _loss_rows(loss, int(n), names, repeat, dev, with_peers, progress)
     return rows
@@ -538,6 +547,84 @@ def _loss_rows(
     return group
 
 
+def pairwise_peers(kind: str) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """Installed all-pairs similarities of ``kind`` (torchvision's box_iou family)."""
+    if not _installed("torchvision"):
+        return {}
+    from torchvision import ops as tv
+
+    fns = {"iou": tv.box_iou, "giou": tv.generalized_box_iou, "diou": tv.distance_box_iou, "ciou": tv.complete_box_iou}
+    return {"torchvision": fns[kind]} if kind in fns else {}
+
+
+def _pairwise_rows(
+    loss: str,
+    n: int,
+    names: list[str],
+    repeat: int,
+    dev: torch.device,
+    with_peers: bool,
+    progress: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:
+    """``pairwise_iou`` of ``n / 10`` x ``n`` boxes (no gradient) on each backend and peer; the
+    floor writes the ``(n / 10, n)`` result once (``torch.ones``). ``n`` of a row: the pairs."""
+    kind = loss.split("-", 1)[1]
+    g = torch.Generator().manual_seed(0)
+    rows_n = max(n // 10, 1)
+    b1 = random_boxes(rows_n, generator=g, dtype=torch.float32).to(dev)
+    b2 = random_boxes(n, generator=g, dtype=torch.float32).to(dev)
+    pairs = rows_n * n
+
+    def floor() -> None:
+        torch.ones(rows_n, n, device=dev)
+
+    impls: dict[str, Callable[[], Any]] = {}
+    for name in names:
+
+        def ours(name: str = name) -> Any:
+            with torch.no_grad(), detloss.use_backend(name):
+                return detloss.boxes.pairwise_iou(b1, b2, kind)  # type: ignore[arg-type]
+
+        impls[name] = ours
+    for peer, fn in (pairwise_peers(kind) if with_peers else {}).items():
+
+        def theirs(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = fn) -> Any:
+            return fn(b1, b2)
+
+        impls[peer] = theirs
+    group: list[dict[str, Any]] = []
+    for impl, step in [("floor", floor), *impls.items()]:
+        if progress:
+            progress(f"{loss} n={pairs} {impl}")
+        step()  # warm-up
+        ms, floor_ms = _median_ms(step, floor, repeat=repeat, device=dev)
+        group.append(
+            {
+                "loss": loss,
+                "impl": impl,
+                "n": pairs,
+                "fwd_ms": round(ms, 4),
+                "fwd_bwd_ms": round(ms, 4),
+                "fwd_bwd_tight_ms": None,
+                "floor_ms": round(floor_ms, 4),
+                "saved_bytes": 0,
+                "peak_bytes": _peak_bytes(step, dev),
+            }
+        )
+    peer_rows = [r for r in group if r["impl"] not in (*names, "floor")]
+    fastest = min(peer_rows, key=lambda r: r["fwd_bwd_ms"]) if peer_rows else None
+    for r in group:
+        r["ratio_vs_fastest_peer"] = round(r["fwd_bwd_ms"] / fastest["fwd_bwd_ms"], 4) if fastest else None
+        peer_peak = fastest["peak_bytes"] if fastest else None
+        r["ratio_peak_vs_peer"] = (
+            round(r["peak_bytes"] / peer_peak, 4) if peer_peak and r["peak_bytes"] is not None else None
+        )
+        r["ratio_vs_floor"] = round(r["fwd_bwd_ms"] / r["floor_ms"], 3) if r["floor_ms"] > 0 else None
+        r["ratio_vs_call_floor"] = r["ratio_tight_vs_call_floor"] = None
+        r["saved_bytes_per_element"] = 0.0
+    return group
+
+
 def report_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     """A short report: the tables and how to read them."""
     lines = [
@@ -549,7 +636,9 @@ def report_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "`peak x peer` is peak memory growth over the fastest peer's. "
         f"`{CALL_FLOOR}`: a trivial autograd Function on the same inputs (forward `(p - t).sum()`, backward "
         "`ones_like(p) * g`), the least a differentiable call costs; `x call` divides by its forward+backward, "
-        f"round-robin / in a tight loop ({TIGHT_CALLS} calls back to back, small sizes only: `tight ms`).",
+        f"round-robin / in a tight loop ({TIGHT_CALLS} calls back to back, small sizes only: `tight ms`). "
+        "`pairwise-*`: `pairwise_iou` of n / 10 x n boxes without gradient (n in the table: the pairs), "
+        "its floor writing the result once; no backward (both time columns are the forward).",
     ]
     losses = [r for r in rows if r["loss"] != COMPILED_STEP]
     if losses:
@@ -562,7 +651,7 @@ def report_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     for r in losses:
         peer = "" if r["ratio_vs_fastest_peer"] is None else f"{r['ratio_vs_fastest_peer']:.3f}"
         tight = "" if r["fwd_bwd_tight_ms"] is None else f"{r['fwd_bwd_tight_ms']:.3f}"
-        call = f"{r['ratio_vs_call_floor']:.2f}"
+        call = "" if r["ratio_vs_call_floor"] is None else f"{r['ratio_vs_call_floor']:.2f}"
         if r["ratio_tight_vs_call_floor"] is not None:
             call += f" / {r['ratio_tight_vs_call_floor']:.2f}"
         peak = "" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
