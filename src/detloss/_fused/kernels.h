@@ -1,8 +1,7 @@
 // detloss fast path, the math: loss and analytic gradient of the IoU family and of the binary
 // classification family per element, and the single-thread loops over a range of elements that
-// the operators of kernels.cpp (aligned pairs, binary), pairwise.cpp (all-pairs matrices) and
-// simulate.cpp (the DIoU paper's simulation) split across threads. Plain C++, no torch: a
-// benchmark or a test can compile this header alone.
+// the operators of kernels.cpp (aligned pairs, binary) and pairwise.cpp (all-pairs matrices)
+// split across threads. Plain C++, no torch: a benchmark or a test can compile this header alone.
 //
 // The math is that of detloss.boxes.iou.box_similarity and detloss._fused.torch_impl, step for
 // step, including the subgradients autograd takes at kinks: clamp(min=0) passes the gradient at
@@ -28,8 +27,9 @@ namespace detloss_kernels {
 
 // ---------------------------------------------------------------- math that vectorizes
 // libm calls stop GCC's vectorizer (without -ffast-math); these branch-free versions do not.
-// Cephes-style range reductions and polynomials (S. L. Moshier's Cephes library): float about
-// 1-2 ulp, double about 1-2 ulp (tests/test_fused_precision.py measures both against libm).
+// Cephes-style range reductions and polynomials (S. L. Moshier's Cephes library), float and
+// double, about 1-2 ulp each; tests/test_fused.py holds the kernels' values and gradients to the
+// reference's (libm through torch): float32 rounding, 1e-10 relative in float64.
 
 DETLOSS_INLINE float atan_nonneg(float x) {  // x >= 0, may be +inf
   const bool big = x > 2.414213562373095f;  // tan(3 pi / 8)
@@ -119,13 +119,11 @@ DETLOSS_INLINE double log1p_unit(double u) {  // log(1 + u) for u in [0, 1]
   return small ? log1p_reduced(f) : big;
 }
 
-// Where the math comes from, and in which form. FastMath (the operators): the vectorizable
-// functions above, a quotient by a denominator used more than once as a product with its
-// reciprocal (one division instead of up to three: division is the slowest vector instruction),
-// and CIoU's angle difference atan(a) - atan(b) as one arctangent, atan((a - b) / (1 + a b)).
-// LibmMath (the simulation in float64): libm, one call per element (no vectorization), and
-// every quotient a division, as the libm kernel it replaced computed them, so that its numbers
-// stay bit for bit what they were.
+// Where the math comes from, and in which form: the vectorizable functions above, a quotient by a
+// denominator used more than once as a product with its reciprocal (one division instead of up
+// to three: division is the slowest vector instruction), and CIoU's angle difference
+// atan(a) - atan(b) as one arctangent, atan((a - b) / (1 + a b)). A Variant names it (M), so that
+// another form (libm, every quotient a division) can be a second struct with the same members.
 struct FastMath {
   static constexpr bool kReciprocal = true;
   template <typename T> static DETLOSS_INLINE T atan2_pos(T y, T x) { return atan_nonneg(y / x); }
@@ -139,16 +137,9 @@ struct FastMath {
     return z < T(0) ? -a : a;
   }
 };
-struct LibmMath {
-  static constexpr bool kReciprocal = false;
-  template <typename T> static T atan2_pos(T y, T x) { return std::atan2(y, x); }
-  template <typename T> static T exp_neg(T x) { return std::exp(x); }
-  template <typename T> static T log1p_unit(T u) { return std::log1p(u); }
-  template <typename T> static T angle_diff(T yt, T xt, T yp, T xp) { return atan2_pos(yt, xt) - atan2_pos(yp, xp); }
-};
 
-// a / b, written a * rb with rb = 1 / b where the math allows it (FastMath): b's reciprocal is
-// computed once for every quotient by b.
+// a / b, written a * rb with rb = 1 / b where the math allows it (kReciprocal): b's reciprocal
+// is computed once for every quotient by b.
 template <typename M, typename T> DETLOSS_INLINE T quot(T a, T b, T rb) {
   if constexpr (M::kReciprocal) {
     return a * rb;
@@ -219,7 +210,7 @@ DETLOSS_INLINE Box<T> box_terms(T x1, T y1, T x2, T y2, T eps) {
 }
 
 // The forward of one pair: similarity S, IoU, and every term the backward reuses (r*: the
-// reciprocals of FastMath, 0 for LibmMath).
+// reciprocals where M::kReciprocal, else 0).
 template <typename T>
 struct Pair {
   T S, iou;
