@@ -324,7 +324,8 @@ def _measure(
     """Times of ``loss()`` and of its backward (``clear()`` drops the gradients between runs);
     ``floor_ms`` is the floor of ``inputs`` timed in turn with the forward + backward; with
     ``tight``, ``fwd_bwd_tight_ms`` is the forward + backward of :data:`TIGHT_CALLS` calls back
-    to back, per call (threads kept awake), else ``None``."""
+    to back, per call (threads kept awake; the median of ``repeat / 4`` such bursts, at least
+    3), else ``None``."""
 
     def forward() -> None:
         loss()
@@ -343,7 +344,7 @@ def _measure(
             for _ in range(TIGHT_CALLS):
                 forward_backward()
 
-        (burst_ms,) = _median_ms(burst, repeat=repeat, device=device)
+        (burst_ms,) = _median_ms(burst, repeat=max(3, repeat // 4), device=device)  # each of TIGHT_CALLS calls
         tight_ms = round(burst_ms / TIGHT_CALLS, 4)
     clear()
     return {
@@ -531,6 +532,13 @@ def _loss_rows(
         if progress:
             progress(f"{loss} n={elements} {peer}")
         group.append({"loss": loss, "impl": peer, "n": elements, **_time_impl(fn, pred, target, repeat, dev, tight)})
+    return _with_ratios(group, names, elements, call_floor)
+
+
+def _with_ratios(
+    group: list[dict[str, Any]], names: list[str], elements: int, call_floor: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Each row's ratios to the fastest peer's (time, peak), its floor and the call floor."""
     peer_rows = [r for r in group if r["impl"] not in (*names, "floor", CALL_FLOOR)]
     fastest = min(peer_rows, key=lambda r: r["fwd_bwd_ms"]) if peer_rows else None
     for r in group:
@@ -540,9 +548,11 @@ def _loss_rows(
             round(r["peak_bytes"] / peer_peak, 4) if peer_peak and r["peak_bytes"] is not None else None
         )
         r["ratio_vs_floor"] = round(r["fwd_bwd_ms"] / r["floor_ms"], 3) if r["floor_ms"] > 0 else None
-        r["ratio_vs_call_floor"] = round(r["fwd_bwd_ms"] / call_floor["fwd_bwd_ms"], 3)
-        tight_ms, tight_floor = r["fwd_bwd_tight_ms"], call_floor["fwd_bwd_tight_ms"]
-        r["ratio_tight_vs_call_floor"] = round(tight_ms / tight_floor, 3) if tight_ms and tight_floor else None
+        r["ratio_vs_call_floor"] = r["ratio_tight_vs_call_floor"] = None
+        if call_floor is not None:
+            r["ratio_vs_call_floor"] = round(r["fwd_bwd_ms"] / call_floor["fwd_bwd_ms"], 3)
+            tight_ms, tight_floor = r["fwd_bwd_tight_ms"], call_floor["fwd_bwd_tight_ms"]
+            r["ratio_tight_vs_call_floor"] = round(tight_ms / tight_floor, 3) if tight_ms and tight_floor else None
         r["saved_bytes_per_element"] = round(r["saved_bytes"] / max(elements, 1), 2)
     return group
 
@@ -611,18 +621,7 @@ def _pairwise_rows(
                 "peak_bytes": _peak_bytes(step, dev),
             }
         )
-    peer_rows = [r for r in group if r["impl"] not in (*names, "floor")]
-    fastest = min(peer_rows, key=lambda r: r["fwd_bwd_ms"]) if peer_rows else None
-    for r in group:
-        r["ratio_vs_fastest_peer"] = round(r["fwd_bwd_ms"] / fastest["fwd_bwd_ms"], 4) if fastest else None
-        peer_peak = fastest["peak_bytes"] if fastest else None
-        r["ratio_peak_vs_peer"] = (
-            round(r["peak_bytes"] / peer_peak, 4) if peer_peak and r["peak_bytes"] is not None else None
-        )
-        r["ratio_vs_floor"] = round(r["fwd_bwd_ms"] / r["floor_ms"], 3) if r["floor_ms"] > 0 else None
-        r["ratio_vs_call_floor"] = r["ratio_tight_vs_call_floor"] = None
-        r["saved_bytes_per_element"] = 0.0
-    return group
+    return _with_ratios(group, names, pairs, None)
 
 
 def report_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
