@@ -28,7 +28,7 @@ namespace detloss_kernels {
 // ---------------------------------------------------------------- math that vectorizes
 // libm calls stop GCC's vectorizer (without -ffast-math); these branch-free versions do not.
 // Cephes-style range reductions and polynomials (S. L. Moshier's Cephes library), float and
-// double, about 1-2 ulp each; tests/test_fused.py holds the kernels' values and gradients to the
+// double, about 1-2 ulp each; tests/_fused/test_fused.py holds the kernels' values and gradients to the
 // reference's (libm through torch): float32 rounding, 1e-10 relative in float64.
 
 DETLOSS_INLINE float atan_nonneg(float x) {  // x >= 0, may be +inf

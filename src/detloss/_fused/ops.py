@@ -52,7 +52,7 @@ Adding an operator (e.g. a rotated-box loss):
    two fake kernels): it is defined, registered, given autograd and ``torch_function`` here;
 3. for a CPU kernel, write the two C++ functions in ``kernels.cpp`` and add one ``m.impl`` line
    to each of its two ``TORCH_LIBRARY_IMPL`` blocks (the autograd block reuses ``pair_autograd``);
-4. add its samples to ``opcheck_samples()`` in ``tests/test_ops.py``, and its call site to the
+4. add its samples to ``opcheck_samples()`` in ``tests/_fused/test_ops.py``, and its call site to the
    dispatch (:mod:`detloss._backend`: an entry point like ``box_loss`` that returns ``None``
    for what the operator does not cover).
 """

@@ -16,7 +16,7 @@ import detloss
 from detloss.boxes import pairwise_iou
 from detloss.boxes.iou import box_similarity
 from detloss.testing import random_boxes
-from tests.test_fused import cases, need, two_threads  # noqa: F401  (two_threads: a fixture)
+from tests._fused.test_fused import cases, need, two_threads  # noqa: F401  (two_threads: a fixture)
 
 KINDS = ["iou", "giou", "diou", "ciou", "eiou", "siou"]
 OP = torch.ops.detloss.pairwise_similarity.default
