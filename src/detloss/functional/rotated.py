@@ -25,7 +25,7 @@ from detloss.boxes.rotated import (
     prepare_rotated_pair,
     rotated_box_similarity,
 )
-from detloss.functional.iou import _power
+from detloss.functional._math import finite_pow
 from detloss.functional.regression import smooth_l1_loss
 from detloss.reduction import reduce_loss
 
@@ -155,13 +155,13 @@ def probiou_loss(
     check_choice(where, "mode", mode, ("l1", "l2"))
     p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
     distance = gaussian_core(p, t, "bhattacharyya", eps)
-    loss = distance if mode == "l2" else _power(-torch.expm1(-distance), 0.5, eps)
+    loss = distance if mode == "l2" else finite_pow(-torch.expm1(-distance), 0.5, eps)
     return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
 def _gaussian_loss(distance: torch.Tensor, fun: str, tau: float, eps: float) -> torch.Tensor:
     """``1 - 1 / (tau + f(d))``, ``f`` in ``log1p`` and ``sqrt`` (no gradient below ``d = eps``)."""
-    transformed = torch.log1p(distance) if fun == "log1p" else _power(distance, 0.5, eps)
+    transformed = torch.log1p(distance) if fun == "log1p" else finite_pow(distance, 0.5, eps)
     return 1.0 - 1.0 / (tau + transformed)
 
 
