@@ -94,6 +94,7 @@ __all__ = [
     "rotated_nms",
 ]
 
+#: The rotated box layouts: ``cxcywha`` (centre, sides, angle) and ``xyxyxyxy`` (four corners).
 ROTATED_FORMATS: tuple[str, ...] = ("cxcywha", "xyxyxyxy")
 ANGLE_UNITS: tuple[str, ...] = ("rad", "deg")
 ROTATED_IOU_KINDS: tuple[str, ...] = ("iou", "giou")
