@@ -30,7 +30,7 @@ lint: install
 # into site/, strict: a warning, a broken link or an unresolved reference is an error. Offline.
 docs: install
 	rm -rf site
-	$(BIN)/python -m sphinx -b html -W --keep-going -n -q docs site
+	$(BIN)/python -m sphinx -b html -W --keep-going -n -q -j 2 docs site
 	@echo "documentation: $(CURDIR)/site/index.html"
 
 test: lint docs

@@ -67,6 +67,9 @@ nitpick_ignore_regex = [
     ("py:.*", r"(.*\.)?_[A-Za-z].*"),
 ]
 
+# Options and commands are written with two hyphens (`--out`): no typographic dashes or quotes.
+smartquotes = False
+
 html_theme = "furo"
 html_title = f"detloss {release}"
 html_static_path: list[str] = []
