@@ -145,7 +145,7 @@ def boxes(
     if out is not None:
         check_figure_path("detloss boxes", "--out", out)
     rows = box_table(target, preds, box_format)
-    kinds = ("iou", "giou", "diou", "ciou", "eiou", "siou")
+    from detloss.boxes import IOU_KINDS as kinds
     gt_text = ",".join(f"{v:g}" for v in target)
     table = Table(
         title=f"ground truth {gt_text} ({box_format})", caption="loss = 1 - similarity", box=SIMPLE_HEAD, pad_edge=False

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from detloss.boxes import IOU_KINDS
+
 __all__ = ["FIGSIZE", "CONFIGURATIONS", "KINDS", "configuration_table", "plot_boxes"]
 
 #: Figure size in inches (PNG at 120 dpi, trimmed to its content).
@@ -32,7 +34,7 @@ CONFIGURATIONS: tuple[tuple[str, tuple[float, ...], tuple[float, ...]], ...] = (
     ("nested, at a side", (2.0, 1.0, 4.0, 2.0), (0.0, 0.0, 4.0, 3.0)),
     ("nested, in a corner", (0.0, 0.0, 2.0, 1.0), (0.0, 0.0, 4.0, 3.0)),
 )
-KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou")
+KINDS: tuple[str, ...] = IOU_KINDS
 
 
 def configuration_table() -> list[dict[str, Any]]:
