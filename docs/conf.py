@@ -56,7 +56,7 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 napoleon_use_ivar = True
-napoleon_custom_sections = [("Shape", "params_style"), ("Raises", "params_style")]
+napoleon_custom_sections = ["Shape"]
 
 nitpicky = True
 # Annotations name torch's, numpy's and Python's own types: without a network there is no
