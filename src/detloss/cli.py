@@ -304,6 +304,13 @@ _ValImageDir = Annotated[Path | None, typer.Option(help="Its image folder (defau
 _Data = Annotated[
     Path | None, typer.Option(help="A YOLO dataset: its data.yaml (ultralytics' layout: images/, labels/*.txt).")
 ]
+_Head = Annotated[
+    str, typer.Option(help="yolov3 (anchors + objectness) or anchor-free (YOLOv8-style: DFL, no objectness).")
+]
+_RegMax = Annotated[int | None, typer.Option(help="Anchor-free head with DFL: bins 0..R per side (default 16).")]
+_BoxWeight = Annotated[float | None, typer.Option(help="Weight of the box term (yolov3 5, anchor-free 7.5).")]
+_ClsWeight = Annotated[float | None, typer.Option(help="Weight of the class term (yolov3 1, anchor-free 0.5).")]
+_DflWeight = Annotated[float | None, typer.Option(help="Weight of the DFL term (anchor-free: 1.5).")]
 
 
 def check_device(where: str, device: str, choices: tuple[str, ...] = ("auto", "cpu", "cuda")) -> None:
@@ -332,12 +339,23 @@ def check_training_options(where: str, *, lr: float, width: int, nms_threshold: 
 
 @app.command()
 def train(
+    head: _Head = "yolov3",
+    assigner: Annotated[
+        str | None, typer.Option(help="Anchor-free head: tal (default), atss or simota (yolov3: its own).")
+    ] = None,
     box_loss: Annotated[str, typer.Option(help="Box loss: an IoU-family key, or l2 / smooth_l1 (encoded).")] = "ciou",
-    obj_loss: Annotated[str, typer.Option(help="Objectness loss: bce, focal, varifocal, quality_focal.")] = "bce",
-    cls_loss: Annotated[str, typer.Option(help="Class loss (same choices as --obj-loss).")] = "bce",
-    box_weight: Annotated[float, typer.Option(help="Weight of the box term.")] = 5.0,
-    obj_weight: Annotated[float, typer.Option(help="Weight of the objectness term.")] = 1.0,
-    cls_weight: Annotated[float, typer.Option(help="Weight of the class term.")] = 1.0,
+    obj_loss: Annotated[
+        str | None, typer.Option(help="Objectness loss (yolov3 head): bce (default), focal, varifocal, quality_focal.")
+    ] = None,
+    cls_loss: Annotated[str, typer.Option(help="Class loss: bce, focal, varifocal, quality_focal.")] = "bce",
+    dfl: Annotated[
+        bool | None, typer.Option("--dfl/--no-dfl", help="Anchor-free head: DFL box branch (default) or 4 distances.")
+    ] = None,
+    reg_max: _RegMax = None,
+    box_weight: _BoxWeight = None,
+    obj_weight: Annotated[float | None, typer.Option(help="Weight of the objectness term (yolov3: 1).")] = None,
+    cls_weight: _ClsWeight = None,
+    dfl_weight: _DflWeight = None,
     box_option: _LossOpt = None,
     obj_option: _LossOpt = None,
     cls_option: _LossOpt = None,
@@ -366,6 +384,7 @@ def train(
 ) -> None:
     """Train the tiny YOLO-style detector with the chosen losses; COCO mAP, curves, pictures.
 
+    Heads: yolov3 (anchors, objectness) or anchor-free (YOLOv8-style: DFL, --assigner tal|atss|simota).
     Data: synthetic scenes, or --train-json/--val-json (COCO), or --data (YOLO data.yaml).
     Distributed: torchrun --nproc_per_node 2 -m detloss train ... (gloo on CPU, nccl on GPU).
     """
@@ -394,11 +413,24 @@ def train(
 
 @app.command()
 def compare(
-    box_loss: Annotated[str, typer.Option(help="Comma-separated box losses.")] = "l2,iou,giou,diou,ciou",
-    obj_loss: Annotated[str, typer.Option(help="Comma-separated objectness losses (bce, focal, ...).")] = "bce",
+    head: _Head = "yolov3",
+    box_loss: Annotated[str | None, typer.Option(help="Comma-separated box losses (yolov3: l2,iou,giou,diou,ciou; "
+                                                      "anchor-free: ciou).")] = None,
+    obj_loss: Annotated[
+        str | None, typer.Option(help="Comma-separated objectness losses, yolov3 head (default bce).")
+    ] = None,
+    cls_loss: Annotated[
+        str, typer.Option(help="Class loss: one for yolov3; comma-separated for anchor-free (bce,focal,...).")
+    ] = "bce",
+    dfl: Annotated[str | None, typer.Option(help="Anchor-free head: DFL on, off or on,off (default on).")] = None,
+    assigner: Annotated[
+        str | None, typer.Option(help="Anchor-free head: comma-separated assigners, tal, atss, simota (default tal).")
+    ] = None,
     seeds: Annotated[int, typer.Option(help="Models per setting (seeds 0..n-1).")] = 2,
-    cls_loss: Annotated[str, typer.Option(help="Class loss, the same for every model.")] = "bce",
-    box_weight: Annotated[float, typer.Option(help="Weight of the box term.")] = 5.0,
+    reg_max: _RegMax = None,
+    box_weight: _BoxWeight = None,
+    cls_weight: _ClsWeight = None,
+    dfl_weight: _DflWeight = None,
     obj_option: _LossOpt = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps per model.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
@@ -418,28 +450,45 @@ def compare(
     out: Annotated[Path | None, typer.Option(help="Folder (default runs/compare-<stamp>); reused: resumes.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Train one model per (box loss, objectness loss, seed); the AP table with NMS and DIoU-NMS rows.
+    """Train one model per setting and seed; the AP table with NMS and DIoU-NMS rows.
 
+    A setting: box x objectness losses (--head yolov3, one --cls-loss), or assigners x box
+    losses x class losses x DFL on/off (--head anchor-free).
     Data: as for train (synthetic scenes, --train-json/--val-json, or --data).
     """
-    settings = {k: v for k, v in locals().items() if k not in ("out", "progress", "box_loss", "obj_loss", "seeds")}
-    from detloss._checks import check_range
+    settings = {
+        k: v
+        for k, v in locals().items()
+        if k not in ("out", "progress", "box_loss", "obj_loss", "cls_loss", "dfl", "assigner", "seeds")
+    }
+    from detloss._checks import check_choice, check_range
     from detloss.detection.compare import compare as run_compare
+    from detloss.detection.compare import plan_settings
     from detloss.detection.options import TrainConfig
     from detloss.experiments.runs import new_run_dir
 
     check_range("detloss compare", "--seeds", seeds, 1)
     check_training_options("detloss compare", lr=lr, width=width, nms_threshold=nms_threshold, device=device)
-    base = TrainConfig.from_cli({**settings, "box_loss": "ciou", "obj_loss": "bce"}, steps)
-    boxes_, objs = [b for b in box_loss.split(",") if b], [o for o in obj_loss.split(",") if o]
-    from detloss.detection.yolo_loss import resolve_loss_name
-
-    for names, role in ((boxes_, "box_loss"), (objs, "obj_loss")):
-        for name in names:  # checked before a run folder is created
-            resolve_loss_name(name, role)
+    if box_loss is None:
+        box_loss = "ciou" if head == "anchor-free" else "l2,iou,giou,diou,ciou"
+    lists = {name: [v for v in (text or "").split(",") if v] for name, text in (
+        ("box_loss", box_loss), ("obj_loss", obj_loss), ("cls_loss", cls_loss), ("assigner", assigner), ("dfl", dfl))}
+    switches = {"on": True, "off": False}
+    for word in lists["dfl"]:
+        check_choice("detloss compare", "--dfl", word, tuple(switches))
+    first: dict[str, Any] = {name: values[0] for name, values in lists.items() if values and name != "dfl"}
+    if lists["dfl"]:
+        first["dfl"] = switches[lists["dfl"][0]]
+    base = TrainConfig.from_cli({**settings, **first}, steps)
+    # every setting is checked before a run folder is created
+    plan = (lists["box_loss"], lists["obj_loss"], lists["cls_loss"], [switches[w] for w in lists["dfl"]],
+            lists["assigner"])
+    plan_settings(base, *plan)
     folder = new_run_dir("compare", out, create=False)  # created by compare once the data pass their checks
-    args = {"box_loss": box_loss, "obj_loss": obj_loss, "seeds": seeds, **settings}
-    result = run_compare(boxes_, objs, seeds, base, folder, progress=progress, args=args)
+    args = {"box_loss": box_loss, "obj_loss": obj_loss, "cls_loss": cls_loss, "dfl": dfl, "assigner": assigner,
+            "seeds": seeds, **settings}
+    result = run_compare(plan[0], plan[1], seeds, base, folder, cls_losses=plan[2], dfl=plan[3], assigners=plan[4],
+                         progress=progress, args=args)
     typer.echo(f"{len(result['rows'])} rows; report: {folder / 'report.md'}")
 
 

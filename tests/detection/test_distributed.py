@@ -1,4 +1,4 @@
-"""DDP: 2 gloo ranks of batch B give the parameter gradients of 1 rank of batch 2B."""
+"""DDP: 2 gloo ranks of batch B give the parameter gradients of 1 rank of batch 2B (both heads)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -17,21 +18,21 @@ BATCH = 3
 SIZE = 32
 
 
-def config() -> TrainConfig:
-    return TrainConfig(image_size=SIZE, train_images=2 * BATCH, val_images=1, width=8, box_loss="ciou")
+def config(head: str = "yolov3") -> TrainConfig:
+    return TrainConfig(head=head, image_size=SIZE, train_images=2 * BATCH, val_images=1, width=8, box_loss="ciou")
 
 
 def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def _rank(rank: int, world_size: int, port: int, folder: str) -> None:
+def _rank(rank: int, world_size: int, port: int, folder: str, head: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        cfg = config()
+        cfg = config(head)
         data = SyntheticScenes(2 * BATCH, SIZE, seed=0)
         model = build_model(cfg, data)
         ddp = torch.nn.parallel.DistributedDataParallel(model)
@@ -50,9 +51,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_two_ranks_of_b_equal_one_rank_of_2b(tmp_path: Path) -> None:
-    mp.spawn(_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    cfg = config()
+@pytest.mark.parametrize("head", ["yolov3", "anchor-free"])
+def test_two_ranks_of_b_equal_one_rank_of_2b(tmp_path: Path, head: str) -> None:
+    mp.spawn(_rank, args=(2, free_port(), str(tmp_path), head), nprocs=2, join=True)
+    cfg = config(head)
     data = SyntheticScenes(2 * BATCH, SIZE, seed=0)
     model = build_model(cfg, data)
     images, targets = collate([data[i] for i in range(2 * BATCH)])

@@ -114,20 +114,27 @@ def test_cli_train_and_compare_resumable(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_cli_defaults_are_the_config_defaults() -> None:
     import inspect
+    from dataclasses import fields
 
     from detloss import cli
     from detloss.detection.yolo_loss import resolve_loss_name
 
     defaults = TrainConfig()
+    # None in the dataclass: the head fills the setting in (TrainConfig().obj_loss is bce, the yolov3 head's)
+    unset = {f.name for f in fields(TrainConfig) if f.default is None}
     for command in (cli.train, cli.compare):
         for name, param in inspect.signature(command).parameters.items():
-            if not hasattr(defaults, name) or param.default is None or name in ("box_loss", "obj_loss", "steps"):
+            if not hasattr(defaults, name) or name in ("box_loss", "steps"):
+                continue
+            if param.default is None:  # the option left out: the configuration's own default, head's included
+                assert name in unset, (command.__name__, name)
                 continue
             expected = getattr(defaults, name)
             value = resolve_loss_name(param.default, name) if name.endswith("_loss") else param.default
             assert value == expected, (command.__name__, name)
     train_params = inspect.signature(cli.train).parameters
-    assert resolve_loss_name(train_params["obj_loss"].default, "obj_loss") == defaults.obj_loss
+    assert train_params["obj_loss"].default is None and defaults.obj_loss == "binary_cross_entropy"
+    assert TrainConfig(head="anchor-free").obj_loss is None  # no objectness
     assert train_params["box_loss"].default == defaults.box_loss
     assert train_params["steps"].default is None  # None: TrainConfig's steps
 

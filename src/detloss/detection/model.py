@@ -24,7 +24,7 @@ from torch import nn
 from detloss import DetLossError
 from detloss.boxes import pairwise_iou
 
-__all__ = ["MAX_LOG_SCALE", "Priors", "make_priors", "decode", "kmeans_anchors", "TinyYOLO"]
+__all__ = ["MAX_LOG_SCALE", "Priors", "make_priors", "decode", "kmeans_anchors", "TinyBackbone", "TinyYOLO"]
 
 #: Largest ``t_w, t_h`` used by :func:`decode`: a box at most e^4 = 55 times its anchor.
 MAX_LOG_SCALE = 4.0
@@ -166,16 +166,57 @@ def _conv(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequentia
     )
 
 
-class TinyYOLO(nn.Module):
+class TinyBackbone(nn.Module):
+    """The convolutional trunk both heads of :mod:`detloss.detection` share.
+
+    A stem to stride 4 (three 3 x 3 convolutions), one stage of two convolutions per level
+    (strides 8, 16, ... doubling), and a top-down path (1 x 1 lateral, upsample,
+    concatenate, 3 x 3) like YOLOv3's. GroupNorm instead of BatchNorm: it does not depend on
+    the batch, so ``N`` ranks of batch ``B`` compute exactly what one rank of batch ``N B``
+    computes (no SyncBatchNorm, which gloo on CPU lacks). Level ``l`` has
+    ``channels[l] = 4 width 2^l`` channels.
+    """
+
+    def __init__(self, strides: Sequence[int] = (8, 16), width: int = 16, *, where: str = "TinyBackbone"):
+        super().__init__()
+        strides = tuple(int(s) for s in strides)
+        if not strides or strides[0] != 8 or any(strides[i + 1] != 2 * strides[i] for i in range(len(strides) - 1)):
+            raise DetLossError.bad_argument(where, "strides", "doubling strides starting at 8", strides)
+        self.strides = strides
+        c = width
+        self.stem = nn.Sequential(_conv(3, c, 2), _conv(c, 2 * c, 2), _conv(2 * c, 2 * c))
+        self.channels = [4 * c * 2**i for i in range(len(strides))]
+        stages, laterals, fuses = [], [], []
+        cin = 2 * c
+        for cout in self.channels:
+            stages.append(nn.Sequential(_conv(cin, cout, 2), _conv(cout, cout)))
+            cin = cout
+        for i in range(len(strides) - 1):
+            laterals.append(_conv(self.channels[i + 1], self.channels[i] // 2, kernel=1))
+            fuses.append(_conv(self.channels[i] + self.channels[i] // 2, self.channels[i]))
+        self.stages = nn.ModuleList(stages)
+        self.laterals = nn.ModuleList(laterals)
+        self.fuses = nn.ModuleList(fuses)
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """One feature map per level, ``(B, channels[l], S / s_l, S / s_l)``."""
+        x = self.stem(images.contiguous(memory_format=torch.channels_last))
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        for i in range(len(feats) - 2, -1, -1):
+            top = nn.functional.interpolate(self.laterals[i](feats[i + 1]), scale_factor=2.0, mode="nearest")
+            feats[i] = self.fuses[i](torch.cat((feats[i], top), dim=1))
+        return feats
+
+
+class TinyYOLO(TinyBackbone):
     """A compact CNN with a YOLO head per level (strides 8, 16, ... doubling).
 
-    A stem to stride 4 (three 3 x 3 convolutions), one stage of two convolutions per
-    level, a top-down path (1 x 1 lateral, upsample, concatenate, 3 x 3) like YOLOv3's, and a
-    1 x 1 head of ``A (5 + C)`` outputs per level. GroupNorm instead of BatchNorm: it
-    does not depend on the batch, so ``N`` ranks of batch ``B`` compute exactly what one rank
-    of batch ``N B`` computes (no SyncBatchNorm, which gloo on CPU lacks). The objectness
-    bias starts at ``-log((1 - pi) / pi)``, ``pi = 0.01`` (Lin et al., ICCV 2017, Sec. 4.1),
-    the class biases at ``pi = 1 / C``.
+    The trunk of :class:`TinyBackbone` and a 1 x 1 head of ``A (5 + C)`` outputs per level.
+    The objectness bias starts at ``-log((1 - pi) / pi)``, ``pi = 0.01`` (Lin et al., ICCV
+    2017, Sec. 4.1), the class biases at ``pi = 1 / C``.
 
     ``anchors`` is ``(L, A, 2)`` in pixels, one row per stride. With ``width=16`` and
     strides ``(8, 16)``: about 0.3 M parameters.
@@ -189,33 +230,15 @@ class TinyYOLO(nn.Module):
     anchors: torch.Tensor
 
     def __init__(self, num_classes: int, anchors: torch.Tensor, strides: Sequence[int] = (8, 16), width: int = 16):
-        super().__init__()
-        strides = tuple(int(s) for s in strides)
-        if not strides or strides[0] != 8 or any(strides[i + 1] != 2 * strides[i] for i in range(len(strides) - 1)):
-            raise DetLossError.bad_argument("TinyYOLO", "strides", "doubling strides starting at 8", strides)
-        if anchors.dim() != 3 or anchors.shape[0] != len(strides) or anchors.shape[-1] != 2:
+        super().__init__(strides, width, where="TinyYOLO")
+        if anchors.dim() != 3 or anchors.shape[0] != len(self.strides) or anchors.shape[-1] != 2:
             raise DetLossError.bad_argument(
-                "TinyYOLO", "anchors", f"shape ({len(strides)}, A, 2)", f"shape {tuple(anchors.shape)}"
+                "TinyYOLO", "anchors", f"shape ({len(self.strides)}, A, 2)", f"shape {tuple(anchors.shape)}"
             )
         self.num_classes = int(num_classes)
-        self.strides = strides
         self.register_buffer("anchors", anchors.detach().float().clone())
         a = anchors.shape[1]
-        c = width
-        self.stem = nn.Sequential(_conv(3, c, 2), _conv(c, 2 * c, 2), _conv(2 * c, 2 * c))
-        channels = [4 * c * 2**i for i in range(len(strides))]
-        stages, laterals, fuses = [], [], []
-        cin = 2 * c
-        for cout in channels:
-            stages.append(nn.Sequential(_conv(cin, cout, 2), _conv(cout, cout)))
-            cin = cout
-        for i in range(len(strides) - 1):
-            laterals.append(_conv(channels[i + 1], channels[i] // 2, kernel=1))
-            fuses.append(_conv(channels[i] + channels[i] // 2, channels[i]))
-        self.stages = nn.ModuleList(stages)
-        self.laterals = nn.ModuleList(laterals)
-        self.fuses = nn.ModuleList(fuses)
-        heads = [nn.Conv2d(ch, a * (5 + self.num_classes), 1) for ch in channels]
+        heads = [nn.Conv2d(ch, a * (5 + self.num_classes), 1) for ch in self.channels]
         obj_bias = -math.log((1 - 0.01) / 0.01)
         cls_bias = -math.log(max(self.num_classes - 1, 1)) if self.num_classes > 1 else 0.0
         for head in heads:
@@ -238,17 +261,9 @@ class TinyYOLO(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw predictions ``(B, N, 5 + C)`` for images ``(B, 3, S, S)``."""
-        x = self.stem(images.contiguous(memory_format=torch.channels_last))
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        for i in range(len(feats) - 2, -1, -1):
-            top = nn.functional.interpolate(self.laterals[i](feats[i + 1]), scale_factor=2.0, mode="nearest")
-            feats[i] = self.fuses[i](torch.cat((feats[i], top), dim=1))
         outputs = []
         a = self.anchors.shape[1]
-        for feat, head in zip(feats, self.heads):
+        for feat, head in zip(self.features(images), self.heads):
             out = head(feat)
             b, _, h, w = out.shape
             out = out.view(b, a, 5 + self.num_classes, h, w).permute(0, 1, 3, 4, 2)

@@ -5,8 +5,15 @@ and checks them when it is made, the data options included: one source of data, 
 scenes (the default), COCO json files with their image folders, or a YOLO dataset by its
 ``data.yaml``. Errors name the settings as Python does (``batch_size``); the command line
 names them as typed (``--batch-size``). :func:`build_datasets` and :func:`build_loss_fn`
-turn a configuration into the datasets and the :class:`~detloss.detection.yolo_loss.YOLOLoss`
-of the run.
+turn a configuration into the datasets and the loss of the run: the
+:class:`~detloss.detection.yolo_loss.YOLOLoss` of the ``"yolov3"`` head or the
+:class:`~detloss.detection.anchor_free_loss.AnchorFreeLoss` of the ``"anchor-free"`` one.
+
+The settings of one head only are ``None`` by default and filled in for the chosen head
+(:data:`HEAD_DEFAULTS`); giving one to the other head is an error (``obj_loss`` to the
+anchor-free head, which has no objectness; ``dfl`` or ``assigner="tal"`` to the YOLOv3 head,
+which has its own assignment). A configuration saved before the anchor-free head existed reads
+as the same ``"yolov3"`` configuration.
 """
 
 from __future__ import annotations
@@ -17,23 +24,57 @@ from pathlib import Path
 from typing import Any
 
 from detloss import DetLossError
+from detloss._checks import check_integer
+from detloss.detection.anchor_free_loss import AnchorFreeLoss
+from detloss.detection.assign import ASSIGNERS
 from detloss.detection.data import CocoDetection, DetectionDataset, SyntheticScenes, YoloDetection
 from detloss.detection.postprocess import NMS_KINDS
 from detloss.detection.yolo_loss import YOLOLoss, resolve_loss_name
 
-__all__ = ["TrainConfig", "build_datasets", "build_loss_fn", "build_splits", "parse_options"]
+__all__ = ["HEADS", "HEAD_DEFAULTS", "TrainConfig", "build_datasets", "build_loss_fn", "build_splits", "parse_options"]
+
+#: The detector heads: YOLOv3's anchor boxes with objectness, or YOLOv8-style points with DFL.
+HEADS = ("yolov3", "anchor-free")
+#: The settings each head fills in when they are not given (None); the others stay None.
+HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "yolov3": {
+        "obj_loss": "binary_cross_entropy", "box_weight": 5.0, "obj_weight": 1.0, "cls_weight": 1.0,
+        "assigner": "yolov3",
+    },
+    "anchor-free": {
+        "box_weight": 7.5, "cls_weight": 0.5, "dfl_weight": 1.5, "assigner": "tal", "dfl": True, "reg_max": 16,
+    },
+}
+#: Settings only one head has: given to the other head, they are an error.
+_ONLY = {"yolov3": ("obj_loss", "obj_weight"), "anchor-free": ("dfl", "dfl_weight", "reg_max")}
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run (saved in the checkpoint and in ``results.json``)."""
+    """Every setting of a training run (saved in the checkpoint and in ``results.json``).
 
+    ``head`` is ``"yolov3"`` (default) or ``"anchor-free"``; ``None`` settings take that head's
+    defaults (:data:`HEAD_DEFAULTS`) when the configuration is made.
+
+    Example:
+        >>> c = TrainConfig(head="anchor-free", cls_loss="vfl")
+        >>> c.assigner, c.dfl, c.reg_max, c.cls_loss, c.obj_loss, c.box_weight
+        ('tal', True, 16, 'varifocal', None, 7.5)
+        >>> TrainConfig().assigner, TrainConfig().dfl  # the YOLOv3 head: its own assignment, no DFL
+        ('yolov3', None)
+    """
+
+    head: str = "yolov3"
+    assigner: str | None = None
     box_loss: str = "ciou"
-    obj_loss: str = "binary_cross_entropy"
+    obj_loss: str | None = None
     cls_loss: str = "binary_cross_entropy"
-    box_weight: float = 5.0
-    obj_weight: float = 1.0
-    cls_weight: float = 1.0
+    box_weight: float | None = None
+    obj_weight: float | None = None
+    cls_weight: float | None = None
+    dfl_weight: float | None = None
+    dfl: bool | None = None
+    reg_max: int | None = None
     box_options: dict[str, Any] = field(default_factory=dict)
     obj_options: dict[str, Any] = field(default_factory=dict)
     cls_options: dict[str, Any] = field(default_factory=dict)
@@ -71,8 +112,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.strides = tuple(int(s) for s in self.strides)
+        self._check_head()
         for name in ("box_loss", "obj_loss", "cls_loss"):
-            setattr(self, name, resolve_loss_name(getattr(self, name), name))
+            if getattr(self, name) is not None:
+                setattr(self, name, resolve_loss_name(getattr(self, name), name))
         if self.nms not in NMS_KINDS:
             raise DetLossError.bad_argument("train", "nms", "one of " + ", ".join(NMS_KINDS), repr(self.nms))
         for name in ("steps", "batch_size", "train_images", "val_images", "checkpoint_every", "image_size"):
@@ -84,6 +127,33 @@ class TrainConfig:
             raise DetLossError.bad_argument("train", "image_size", multiple, self.image_size)
         self._check_data()
         build_loss_fn(self)  # the loss settings (weights, options) are checked now, not at the first step
+
+    def _check_head(self) -> None:
+        """The head, its own settings (defaults filled in), none of the other head's."""
+        if self.head not in HEADS:
+            raise DetLossError.bad_argument("train", "head", "one of " + ", ".join(HEADS), repr(self.head))
+        other = HEADS[1 - HEADS.index(self.head)]
+        for name in _ONLY[other]:
+            if getattr(self, name) is not None:
+                expected = f"not given with head {self.head!r} (a setting of head {other!r})"
+                raise DetLossError.bad_argument("train", name, expected, repr(getattr(self, name)))
+        if self.head == "anchor-free" and self.obj_options:
+            expected = "not given with head 'anchor-free' (it has no objectness)"
+            raise DetLossError.bad_argument("train", "obj_options", expected, self.obj_options)
+        for name, value in HEAD_DEFAULTS[self.head].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        assigners = ("yolov3",) if self.head == "yolov3" else ASSIGNERS
+        if self.assigner not in assigners:
+            if self.head == "yolov3":
+                expected = "'yolov3' (this head has the YOLOv3 assignment; tal, atss, simota: head 'anchor-free')"
+            else:
+                expected = "one of " + ", ".join(ASSIGNERS)
+            raise DetLossError.bad_argument("train", "assigner", expected, repr(self.assigner))
+        if self.head == "anchor-free":
+            if not isinstance(self.dfl, bool):
+                raise DetLossError.bad_argument("train", "dfl", "True or False", repr(self.dfl))
+            check_integer("train", "reg_max", self.reg_max, 1)
 
     def _check_data(self) -> None:
         """One source of data: synthetic scenes, COCO json files, or a YOLO ``data.yaml``."""
@@ -131,9 +201,31 @@ class TrainConfig:
             values["steps"] = steps
         return cls(**values)
 
+    def weights(self) -> dict[str, Any]:
+        """The weights of the head's loss terms, by the name its loss takes them."""
+        names = ("box_weight", "cls_weight", "dfl_weight") if self.head == "anchor-free" else (
+            "box_weight", "obj_weight", "cls_weight")
+        return {name: getattr(self, name) for name in names}
+
     def losses(self) -> dict[str, Any]:
-        """The loss configuration (``results.json["losses"]``)."""
+        """The loss configuration (``results.json["losses"]``): the head's settings only."""
+        if self.head == "anchor-free":
+            return {
+                "head": self.head,
+                "assigner": self.assigner,
+                "box_loss": self.box_loss,
+                "cls_loss": self.cls_loss,
+                "dfl": self.dfl,
+                "reg_max": self.reg_max,
+                "box_weight": self.box_weight,
+                "cls_weight": self.cls_weight,
+                "dfl_weight": self.dfl_weight,
+                "box_options": dict(self.box_options),
+                "cls_options": dict(self.cls_options),
+            }
         return {
+            "head": self.head,
+            "assigner": self.assigner,
             "box_loss": self.box_loss,
             "obj_loss": self.obj_loss,
             "cls_loss": self.cls_loss,
@@ -210,9 +302,10 @@ def build_datasets(config: TrainConfig, world_size: int = 1) -> tuple[DetectionD
     return splits["train"], splits["val"]
 
 
-def build_loss_fn(config: TrainConfig) -> YOLOLoss:
-    """The configured :class:`YOLOLoss`; a box loss that needs the input image size (MPDIoU
-    normalises by it) gets ``(image_size, image_size)`` unless given."""
+def build_loss_fn(config: TrainConfig) -> YOLOLoss | AnchorFreeLoss:
+    """The configured loss of the head (:class:`YOLOLoss` or :class:`AnchorFreeLoss`); a box
+    loss that needs the input image size (MPDIoU normalises by it) gets ``(image_size,
+    image_size)`` unless given."""
     import inspect
 
     from detloss import LOSSES
@@ -220,13 +313,20 @@ def build_loss_fn(config: TrainConfig) -> YOLOLoss:
     box_options = dict(config.box_options)
     if "image_size" in inspect.signature(LOSSES[config.box_loss].function).parameters:
         box_options.setdefault("image_size", (config.image_size, config.image_size))
+    if config.head == "anchor-free":
+        return AnchorFreeLoss(
+            config.box_loss,
+            config.cls_loss,
+            assigner=str(config.assigner),
+            **config.weights(),
+            box_options=box_options,
+            cls_options=config.cls_options,
+        )
     return YOLOLoss(
         config.box_loss,
-        config.obj_loss,
+        str(config.obj_loss),
         config.cls_loss,
-        box_weight=config.box_weight,
-        obj_weight=config.obj_weight,
-        cls_weight=config.cls_weight,
+        **config.weights(),
         box_options=box_options,
         obj_options=config.obj_options,
         cls_options=config.cls_options,

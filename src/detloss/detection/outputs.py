@@ -15,16 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from detloss.detection.anchor_free import AnchorFreeYOLO
 from detloss.detection.data import DetectionDataset
 from detloss.detection.evaluate import METRIC_NAMES, as_percent
 from detloss.detection.model import TinyYOLO
 from detloss.detection.options import TrainConfig
 from detloss.experiments.runs import atomic_write_text, run_header, save_figure, write_csv, write_json
 
-__all__ = ["LOSS_TERMS", "RunOutputs", "write_outputs"]
-
-#: The loss terms of each step (``results.csv`` columns after ``step``).
-LOSS_TERMS = ("loss", "box", "obj", "cls")
+__all__ = ["RunOutputs", "write_outputs"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ class RunOutputs:
 
     out: Path
     config: TrainConfig
-    model: TinyYOLO
+    model: TinyYOLO | AnchorFreeYOLO
     val_set: DetectionDataset
     #: COCO metrics (0-1) per NMS kind.
     metrics_by_nms: dict[str, dict[str, float | None]]
@@ -60,13 +58,16 @@ def write_outputs(run: RunOutputs) -> dict[str, Any]:
         {
             "metrics": metrics,
             "metrics_by_nms": metrics_by_nms,
+            "head": config.head,
+            "assigner": config.assigner,
+            "dfl": config.dfl,
             "losses": config.losses(),
             "steps": len(history),
             "world_size": world_size,
             "batch_size_per_rank": config.batch_size,
             "train_seconds": round(train_seconds, 3),
             "final_loss": history[-1] if history else None,
-            "anchors": run.model.anchors.cpu().tolist(),
+            "anchors": run.model.anchors.cpu().tolist() if isinstance(run.model, TinyYOLO) else None,
             "strides": list(config.strides),
             "validation": {"source": val_set.source, "images": len(val_set)},
             "config": asdict(config),
@@ -84,8 +85,7 @@ def write_outputs(run: RunOutputs) -> dict[str, Any]:
     )
     report = f"""# detloss train
 
-Losses: box `{config.box_loss}` (x{config.box_weight}), objectness `{config.obj_loss}` (x{config.obj_weight}),
-classes `{config.cls_loss}` (x{config.cls_weight}); {len(history)} steps of batch {config.batch_size} x
+{_losses_text(config)}; {len(history)} steps of batch {config.batch_size} x
 {world_size} rank(s), {train_seconds:.1f} s of training. Validation: {val_set.source}.
 
 | NMS | AP (%) | AP50 (%) | AP75 (%) | APs (%) | APm (%) | APl (%) |
@@ -102,6 +102,20 @@ classes `{config.cls_loss}` (x{config.cls_weight}); {len(history)} steps of batc
     return payload
 
 
+def _losses_text(config: TrainConfig) -> str:
+    """The head and its losses, for ``report.md``."""
+    if config.head == "anchor-free":
+        dfl = f"DFL on (bins 0..{config.reg_max}, x{config.dfl_weight})" if config.dfl else "DFL off"
+        return (
+            f"Anchor-free head, assigner `{config.assigner}`: box `{config.box_loss}` (x{config.box_weight}),\n"
+            f"classes `{config.cls_loss}` (x{config.cls_weight}), {dfl}"
+        )
+    return (
+        f"Losses: box `{config.box_loss}` (x{config.box_weight}), "
+        f"objectness `{config.obj_loss}` (x{config.obj_weight}),\nclasses `{config.cls_loss}` (x{config.cls_weight})"
+    )
+
+
 def _plot_losses(path: Path, history: list[dict[str, float]]) -> None:
     import matplotlib
 
@@ -111,7 +125,7 @@ def _plot_losses(path: Path, history: list[dict[str, float]]) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [r["step"] for r in history]
     window = max(1, len(history) // 50)
-    for key in LOSS_TERMS:
+    for key in [k for k in (history[0] if history else {}) if k not in ("step", "lr")]:
         values = [r[key] for r in history]
         smooth = []
         for i in range(len(values)):

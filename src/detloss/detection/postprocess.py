@@ -17,9 +17,10 @@ import torch
 
 from detloss import DetLossError
 from detloss.boxes import pairwise_iou
+from detloss.detection.anchor_free import PointPriors, decode_points
 from detloss.detection.model import Priors, decode
 
-__all__ = ["NMS_KINDS", "batched_nms", "postprocess"]
+__all__ = ["NMS_KINDS", "batched_nms", "boxes_and_scores", "postprocess"]
 
 NMS_KINDS = ("nms", "diou_nms")
 NmsKind = Literal["nms", "diou_nms"]
@@ -66,10 +67,27 @@ def batched_nms(
     return order[kept]
 
 
+def boxes_and_scores(raw: torch.Tensor, priors: Priors | PointPriors) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded boxes ``(B, N, 4)`` (``xyxy`` pixels) and class scores ``(B, N, C)`` of either
+    head: ``sigmoid(obj) * sigmoid(cls)`` for the YOLOv3 head (:class:`Priors`),
+    ``sigmoid(cls)`` for the anchor-free head (:class:`PointPriors`), which has no objectness.
+
+    Example (the anchor-free head, DFL off: one point, distances softplus(0) = 0.693 strides):
+        >>> from detloss.detection.anchor_free import make_point_priors
+        >>> boxes, scores = boxes_and_scores(torch.zeros(1, 1, 6), make_point_priors((8,), 8, reg_max=None))
+        >>> boxes, scores
+        (tensor([[[-1.5452, -1.5452,  9.5452,  9.5452]]]), tensor([[[0.5000, 0.5000]]]))
+    """
+    raw = raw.float()
+    if isinstance(priors, PointPriors):
+        return decode_points(raw, priors), torch.sigmoid(raw[..., priors.box_channels :])
+    return decode(raw, priors), torch.sigmoid(raw[..., 4:5]) * torch.sigmoid(raw[..., 5:])
+
+
 @torch.no_grad()
 def postprocess(
     raw: torch.Tensor,
-    priors: Priors,
+    priors: Priors | PointPriors,
     *,
     image_size: int,
     score_threshold: float = 0.001,
@@ -78,17 +96,19 @@ def postprocess(
     pre_nms_top_k: int = 300,
     max_detections: int = 100,
 ) -> list[dict[str, Any]]:
-    """Detections per image from the raw output ``(B, N, 5 + C)``.
+    """Detections per image from the raw output ``(B, N, K)`` of either head.
 
-    Every (slot, class) pair is a candidate with score ``sigmoid(obj) * sigmoid(cls)`` (with
-    ``quality_focal`` or ``varifocal`` as objectness loss, ``sigmoid(obj)`` is itself the
-    predicted IoU, so the score is IoU-aware). Candidates above ``score_threshold``, at most
+    Every (slot, class) pair is a candidate with the score of :func:`boxes_and_scores`:
+    ``sigmoid(obj) * sigmoid(cls)`` for the YOLOv3 head (with ``quality_focal`` or
+    ``varifocal`` as objectness loss, ``sigmoid(obj)`` is itself the predicted IoU, so the
+    score is IoU-aware), ``sigmoid(cls)`` for the anchor-free head (trained towards the
+    assigner's IoU-aware targets). Candidates above ``score_threshold``, at most
     ``pre_nms_top_k`` per image, go through class-wise NMS or DIoU-NMS; the best
     ``max_detections`` are returned as ``{"boxes" (K, 4) xyxy clipped to the image,
     "scores" (K,), "labels" (K,)}``.
     """
-    boxes = decode(raw.float(), priors).clamp(0.0, float(image_size))
-    scores = torch.sigmoid(raw[..., 4:5].float()) * torch.sigmoid(raw[..., 5:].float())
+    boxes, scores = boxes_and_scores(raw, priors)
+    boxes = boxes.clamp(0.0, float(image_size))
     out = []
     num_classes = scores.shape[-1]
     for b in range(raw.shape[0]):

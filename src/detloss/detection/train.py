@@ -1,8 +1,11 @@
 """Training: one process or many (``torchrun``), checkpoints, ``--resume``, the run folder.
 
-``train(config, out)`` trains :class:`~detloss.detection.model.TinyYOLO` with
-:class:`~detloss.detection.yolo_loss.YOLOLoss`, evaluates COCO mAP on the validation set
-with NMS and with DIoU-NMS, and writes (rank 0 only) into ``out``:
+``train(config, out)`` trains the detector of ``config.head``,
+:class:`~detloss.detection.model.TinyYOLO` with :class:`~detloss.detection.yolo_loss.YOLOLoss`
+(``"yolov3"``) or :class:`~detloss.detection.anchor_free.AnchorFreeYOLO` with
+:class:`~detloss.detection.anchor_free_loss.AnchorFreeLoss` (``"anchor-free"``), evaluates
+COCO mAP on the validation set with NMS and with DIoU-NMS, and writes (rank 0 only) into
+``out``:
 
 - ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end (model, optimizer,
   schedule, loss history, configuration): ``resume=True`` continues from it, exactly;
@@ -35,11 +38,13 @@ import torch
 import torch.distributed as dist
 
 from detloss import DetLossError
+from detloss.detection.anchor_free import AnchorFreeYOLO
+from detloss.detection.anchor_free_loss import AnchorFreeLoss
 from detloss.detection.data import DetectionDataset, collate
 from detloss.detection.evaluate import coco_map, to_coco_detections
 from detloss.detection.model import TinyYOLO, kmeans_anchors
 from detloss.detection.options import TrainConfig, build_datasets, build_loss_fn, build_splits, parse_options
-from detloss.detection.outputs import LOSS_TERMS, RunOutputs, write_outputs
+from detloss.detection.outputs import RunOutputs, write_outputs
 from detloss.detection.postprocess import NMS_KINDS, postprocess
 from detloss.detection.yolo_loss import YOLOLoss
 from detloss.experiments.runs import atomic_write_bytes
@@ -65,19 +70,26 @@ CHECKPOINT = "checkpoint.pt"
 # ------------------------------------------------------------------------------------------
 
 
-def build_model(config: TrainConfig, train_set: DetectionDataset) -> TinyYOLO:
-    """The detector, its anchors from k-means over the training boxes, weights from ``seed``."""
+def build_model(config: TrainConfig, train_set: DetectionDataset) -> TinyYOLO | AnchorFreeYOLO:
+    """The detector of ``config.head``, weights from ``seed``: the YOLOv3 head with its anchors
+    from k-means over the training boxes, or the anchor-free head (``reg_max`` bins, or none
+    with ``dfl=False``)."""
+    if config.head == "anchor-free":
+        torch.manual_seed(config.seed)
+        reg_max = config.reg_max if config.dfl else None
+        return AnchorFreeYOLO(train_set.num_classes, config.strides, config.width, reg_max)
     levels, per_level = len(config.strides), config.anchors_per_level
     anchors = kmeans_anchors(train_set.box_sizes(), levels * per_level).reshape(levels, per_level, 2)
     torch.manual_seed(config.seed)
     return TinyYOLO(train_set.num_classes, anchors, config.strides, config.width)
 
 
-def unwrap(model: torch.nn.Module) -> TinyYOLO:
+def unwrap(model: torch.nn.Module) -> TinyYOLO | AnchorFreeYOLO:
     """The detector inside a DDP wrapper (or the detector itself)."""
     core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    if not isinstance(core, TinyYOLO):
-        raise DetLossError.bad_argument("train", "model", "a TinyYOLO (or DDP of one)", type(core).__name__)
+    if not isinstance(core, (TinyYOLO, AnchorFreeYOLO)):
+        expected = "a TinyYOLO or AnchorFreeYOLO (or DDP of one)"
+        raise DetLossError.bad_argument("train", "model", expected, type(core).__name__)
     return core
 
 
@@ -90,7 +102,7 @@ def world() -> tuple[int, int]:
 
 def training_loss(
     model: torch.nn.Module,
-    loss_fn: YOLOLoss,
+    loss_fn: YOLOLoss | AnchorFreeLoss,
     images: torch.Tensor,
     targets: Sequence[Mapping[str, Any]],
     image_size: int,
@@ -168,7 +180,7 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
 def predict(model: torch.nn.Module, dataset: DetectionDataset, image_size: int, batch_size: int = 64) -> tuple[
     torch.Tensor, list[dict[str, Any]]
 ]:
-    """Raw outputs ``(M, N, 5 + C)`` of the whole ``dataset`` and its targets."""
+    """Raw outputs ``(M, N, K)`` of the whole ``dataset`` and its targets."""
     core = unwrap(model)
     was_training = core.training
     core.eval()
@@ -394,6 +406,7 @@ def _train(
                 },
             )
 
+    terms_names = loss_fn.terms
     bar, task = _progress(progress and rank == 0, config, step)
     net.train()
     tick = time.perf_counter()
@@ -407,18 +420,18 @@ def _train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
-            values = torch.stack([terms[k].detach().float().reshape(()) for k in LOSS_TERMS])
+            values = torch.stack([terms[k].detach().float().reshape(()) for k in terms_names])
             if world_size > 1:
                 dist.all_reduce(values)  # shares of the global loss add up (on the device: nccl needs it)
             values = values.cpu()
-            record = {"step": step + 1, **{k: float(v) for k, v in zip(LOSS_TERMS, values)}}
+            record = {"step": step + 1, **{k: float(v) for k, v in zip(terms_names, values)}}
             record["lr"] = float(scheduler.get_last_lr()[0])
             if not math.isfinite(record["loss"]):
                 raise RuntimeError(f"detloss train: the loss is not finite at step {step + 1}: {record}")
             history.append(record)
             step += 1
             if bar is not None:
-                bar.update(task, advance=1, terms=_terms_text(history))
+                bar.update(task, advance=1, terms=_terms_text(history, terms_names))
             if step % config.checkpoint_every == 0 or step == config.steps:
                 train_seconds += time.perf_counter() - tick
                 tick = time.perf_counter()
@@ -469,12 +482,21 @@ def _progress(enabled: bool, config: TrainConfig, done: int) -> tuple[Any, Any]:
         TimeRemainingColumn(),
         TextColumn("{task.fields[terms]}"),
     )
-    task = bar.add_task(f"train {config.box_loss}/{config.obj_loss}", total=config.steps, completed=done, terms="")
+    task = bar.add_task(f"train {run_label(config)}", total=config.steps, completed=done, terms="")
     bar.start()
     return bar, task
 
 
-def _terms_text(history: list[dict[str, float]], window: int = 20) -> str:
+def run_label(config: TrainConfig) -> str:
+    """What the progress line calls a run: ``ciou/binary_cross_entropy`` (box/objectness
+    losses, YOLOv3 head) or ``anchor-free tal ciou/varifocal dfl`` (assigner, box/class
+    losses, DFL on or off)."""
+    if config.head == "anchor-free":
+        return f"anchor-free {config.assigner} {config.box_loss}/{config.cls_loss} {'dfl' if config.dfl else 'no-dfl'}"
+    return f"{config.box_loss}/{config.obj_loss}"
+
+
+def _terms_text(history: list[dict[str, float]], names: Sequence[str], window: int = 20) -> str:
     recent = history[-window:]
-    mean = {k: sum(r[k] for r in recent) / len(recent) for k in LOSS_TERMS}
-    return "  ".join(f"{k} {mean[k]:.3f}" for k in LOSS_TERMS)
+    mean = {k: sum(r[k] for r in recent) / len(recent) for k in names}
+    return "  ".join(f"{k} {mean[k]:.3f}" for k in names)

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from detloss import LOSSES, DetLossError, build_loss
+from detloss._checks import check_range
 from detloss.boxes import aligned_iou
 from detloss.detection.assign import Assignment, assign_targets, ignore_mask
 from detloss.detection.model import Priors, decode
@@ -55,8 +56,10 @@ SOFT_TARGET_LOSSES = frozenset({"quality_focal", "varifocal"})
 _BINARY = ("binary_cross_entropy", "sigmoid_focal", "quality_focal", "varifocal")
 
 
-def resolve_loss_name(name: str, role: str) -> str:
-    """Registry key of ``name`` (aliases resolved), checked to exist and to fit ``role``.
+def resolve_loss_name(name: str, role: str, where: str = "YOLOLoss", *, encoded: bool = True) -> str:
+    """Registry key of ``name`` (aliases resolved), checked to exist and to fit ``role``
+    (``box_loss``: on boxes, or on encoded values if ``encoded``; ``obj_loss``, ``cls_loss``:
+    on binary logits). Errors name ``where``.
 
     Example:
         >>> resolve_loss_name("ciou", "box_loss")
@@ -65,14 +68,15 @@ def resolve_loss_name(name: str, role: str) -> str:
     key = ALIASES.get(name, name)
     if key not in LOSSES:
         raise DetLossError.bad_argument(
-            "YOLOLoss", role, "a registered loss (" + ", ".join(sorted(LOSSES)) + ") or an alias", repr(name)
+            where, role, "a registered loss (" + ", ".join(sorted(LOSSES)) + ") or an alias", repr(name)
         )
     kind = LOSSES[key].inputs
-    if role == "box_loss" and kind not in ("boxes", "values"):
-        raise DetLossError.bad_argument("YOLOLoss", role, "a box loss (on boxes or on encoded values)", repr(name))
+    if role == "box_loss" and kind not in (("boxes", "values") if encoded else ("boxes",)):
+        expected = "a box loss (on boxes or on encoded values)" if encoded else "a loss on boxes (IoU family)"
+        raise DetLossError.bad_argument(where, role, expected, repr(name))
     if role in ("obj_loss", "cls_loss") and kind != "binary_logits":
         expected = "a loss on binary logits (" + ", ".join(_BINARY) + ")"
-        raise DetLossError.bad_argument("YOLOLoss", role, expected, repr(name))
+        raise DetLossError.bad_argument(where, role, expected, repr(name))
     return key
 
 
@@ -95,6 +99,8 @@ class YOLOLoss(nn.Module):
         0.0402
     """
 
+    terms = ("loss", "box", "obj", "cls")
+
     def __init__(
         self,
         box_loss: str = "ciou",
@@ -114,10 +120,8 @@ class YOLOLoss(nn.Module):
         self.obj_key = resolve_loss_name(obj_loss, "obj_loss")
         self.cls_key = resolve_loss_name(cls_loss, "cls_loss")
         for name, value in (("box_weight", box_weight), ("obj_weight", obj_weight), ("cls_weight", cls_weight)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise DetLossError.bad_argument("YOLOLoss", name, "a number >= 0", repr(value))
-        if not isinstance(ignore_thresh, (int, float)) or not 0 <= ignore_thresh <= 1:
-            raise DetLossError.bad_argument("YOLOLoss", "ignore_thresh", "a number in [0, 1]", repr(ignore_thresh))
+            check_range("YOLOLoss", name, value, 0.0)
+        check_range("YOLOLoss", "ignore_thresh", ignore_thresh, 0.0, 1.0)
         self.encoded = LOSSES[self.box_key].inputs == "values"
         self.box = build_loss(self.box_key, reduction="mean", **dict(box_options or {}))
         self.obj = build_loss(self.obj_key, reduction="mean", **dict(obj_options or {}))
