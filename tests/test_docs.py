@@ -1,6 +1,6 @@
 """The documentation site's pages: every example runs, and every public name has a page.
 
-The examples are the ``python`` blocks of each page under ``docs/`` (run in order, in one
+The examples are the ``python`` blocks of each page under ``docs/`` and of the README (run in order, in one
 namespace per page, in an empty folder) and its ``pycon`` blocks (run as doctests). A block
 that follows ``<!-- example: NAME -->`` needs a framework and is run by ``make integration``
 (``tests/integration/test_readme.py``). ``make docs`` builds the site itself, strictly.
@@ -59,13 +59,17 @@ def test_the_pages_have_examples() -> None:
     assert {"guides/getting-started.md", "guides/assigners.md", "guides/rotated.md", "index.md"} <= with_examples
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if blocks(p)], ids=lambda p: p.relative_to(DOCS).as_posix())
+def _name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+@pytest.mark.parametrize("page", [p for p in [ROOT / "README.md", *PAGES] if blocks(p)], ids=_name)
 def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # examples that write a dataset write it here
     torch.manual_seed(0)
     namespace: dict[str, Any] = {"__name__": "__docs__"}
     for number, (lang, code) in enumerate(blocks(page)):
-        name = f"{page.relative_to(DOCS)} block {number}"
+        name = f"{_name(page)} block {number}"
         if lang == "python":
             exec(compile(code, name, "exec"), namespace)
             continue
@@ -133,3 +137,27 @@ def test_every_public_name_is_in_the_reference(module: str) -> None:
         if f"{module}.{name}" not in names and not by_identity:
             missing.append(name)
     assert not missing, f"{module}: no page documents {missing} (docs/reference/ or docs/losses/)"
+
+
+LINK = re.compile(r"\]\((?P<path>[^)#\s]+\.md)(?:#(?P<anchor>[^)\s]+))?\)")
+
+
+def anchors(page: Path) -> set[str]:
+    """The heading anchors of a page, as code hosts and the site (``myst_heading_anchors``) make them."""
+    found = set()
+    for heading in re.findall(r"^#{1,4} (.+)$", page.read_text(encoding="utf-8"), flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower().replace("`", "")).strip().replace(" ", "-")
+        found.add(slug)
+    return found
+
+
+def test_the_readme_links_into_the_pages() -> None:
+    """The README is the landing page: its links to the pages resolve, anchors included."""
+    readme = ROOT / "README.md"
+    links = list(LINK.finditer(readme.read_text(encoding="utf-8")))
+    assert len(links) >= 10
+    for link in links:
+        target = (readme.parent / link["path"]).resolve()
+        assert target.is_file(), link.group(0)
+        if link["anchor"]:
+            assert link["anchor"] in anchors(target), link.group(0)
