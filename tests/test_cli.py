@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,62 @@ def test_bare_command_prints_help_and_no_empty_error(capsys: pytest.CaptureFixtu
     _, out, err = run([], capsys)
     assert "Usage" in out + err and "convert-dataset" in out + err
     assert "error" not in err
+
+
+def test_boxes_rotated_prints_every_kind_and_draws(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 4 x 2 box and the same box turned by 90 degrees, by hand: intersection 2 x 2 of union 12
+    (IoU 1/3); hull: the 4 x 4 square less four corner triangles of area 1/2 (14), GIoU 1/3 - 2/14;
+    B = 1/2 ln(det S / sqrt(det S_p det S_t)) with S = (S_p + S_t)/2 = diag(10, 10)/12: ln(10/8);
+    KL(N_t || N_p) = 1/2 (tr(S_p^-1 S_t) - 2) = 1/2 (1/4 + 4 - 2) with S = diag(4, 1), diag(1, 4);
+    W2^2 = tr(S_p + S_t) - 2 tr((S_p^1/2 S_t S_p^1/2)^1/2) = 10 - 2 (2 + 2); KFIoU 3.2 / 12.8."""
+    png = tmp_path / "rotated.png"
+    code, out, _ = run(["boxes", "--rotated", "--gt", "0,0,4,2,0", "--pred", "0,0,4,2,90", "--out", str(png)], capsys)
+    assert code == 0
+    for header in ("IoU", "GIoU", "ProbIoU", "KLD", "GWD", "KFIoU"):
+        assert header in out
+    for value in (1 / 3, 1 / 3 - 1 / 7, math.log(10 / 8), 1.125, 2.0, 0.25):
+        assert f"{value:.4f}" in out, value
+    assert f"{1 - (1 / 3 - 1 / 7):.4f}" in out  # the rotated GIoU loss
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same boxes in radians and as corners
+    code, radians, _ = run(
+        ["boxes", "--rotated", "--angle-unit", "rad", "--gt", "0,0,4,2,0", "--pred", f"0,0,4,2,{math.pi / 2}"], capsys
+    )
+    corners = [
+        "boxes",
+        "--rotated",
+        "--format",
+        "xyxyxyxy",
+        "--gt",
+        "2,1,-2,1,-2,-1,2,-1",
+        "--pred",
+        "-1,2,-1,-2,1,-2,1,2",
+    ]
+    code_c, from_corners, _ = run(corners, capsys)
+    assert code == code_c == 0
+    for value in (1 / 3, 1 / 3 - 1 / 7, math.log(10 / 8), 1.125, 2.0, 0.25):
+        assert f"{value:.4f}" in radians and f"{value:.4f}" in from_corners, value
+
+
+def test_boxes_rotated_demo_fits_80_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["boxes", "--rotated"], capsys)
+    assert code == 0 and widest_line(out) <= 80 and "…" not in out
+    assert "(cxcywha, deg)" in out and out.count("1.0000") >= 2  # the last demo box is the target turned by 180
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["boxes", "--rotated", "--gt", "1,2,3,4"], "--gt"),
+        (["boxes", "--rotated", "--pred", "0,0,-1,2,0"], "--pred"),
+        (["boxes", "--rotated", "--format", "xywh"], "--format"),
+        (["boxes", "--rotated", "--format", "xyxyxyxy"], "--gt"),  # the demo boxes are cxcywha
+        (["boxes", "--rotated", "--angle-unit", "grad"], "--angle-unit"),
+    ],
+)
+def test_boxes_rotated_bad_options_give_one_line(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(args, capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err

@@ -157,3 +157,53 @@ def test_plot_landscape_rejects_a_loss_that_takes_no_boxes(capsys: pytest.Captur
         main(["plot", "landscape", "--loss", "l1"])
     assert exit_info.value.code == 2
     assert "loss" in capsys.readouterr().err
+
+
+def _probiou_reference(pred: tuple[float, ...], target: tuple[float, ...]) -> float:
+    """Hellinger distance of the boxes as Gaussians, Sigma = R diag(w^2, h^2) R^T / 12, float64."""
+
+    def sigma(box: tuple[float, ...]) -> list[list[float]]:
+        _, _, w, h, a = box
+        c, s = math.cos(a), math.sin(a)
+        vw, vh = w * w / 12, h * h / 12
+        return [[c * c * vw + s * s * vh, c * s * (vw - vh)], [c * s * (vw - vh), s * s * vw + c * c * vh]]
+
+    sp, st = sigma(pred), sigma(target)
+    m = [[(sp[i][j] + st[i][j]) / 2 for j in range(2)] for i in range(2)]
+    det = m[0][0] * m[1][1] - m[0][1] ** 2
+    dx, dy = pred[0] - target[0], pred[1] - target[1]
+    quad = (m[1][1] * dx * dx - 2 * m[0][1] * dx * dy + m[0][0] * dy * dy) / det  # D^T M^-1 D
+    det_p, det_t = (s[0][0] * s[1][1] - s[0][1] ** 2 for s in (sp, st))
+    b = quad / 8 + 0.5 * math.log(det / math.sqrt(det_p * det_t))
+    return math.sqrt(1 - math.exp(-b))
+
+
+def test_plot_landscape_of_a_rotated_loss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_cli(["plot", "landscape", "--loss", "probiou", "--out", str(tmp_path)], capsys)
+    check_png(tmp_path / "landscape_probiou.png", landscape.ROTATED_FIGSIZE)
+    assert "landscape_probiou.png" in check_report(tmp_path)
+    rows = rows_of(tmp_path)
+    assert {row["grid"] for row in rows} == {"move", "stretch", "turn"}
+    target = (*landscape.TARGET, 0.0)
+    for row in rows[::23]:
+        if row["grid"] == "move":
+            pred = (float(row["x"]), float(row["y"]), 1.0, 1.0, 0.0)
+        elif row["grid"] == "stretch":
+            pred = (0.0, 0.0, float(row["w"]), float(row["h"]), 0.0)
+        else:
+            pred = (float(row["x"]), 0.0, target[2], target[3], float(row["a"]))
+        assert float(row["loss"]) == pytest.approx(_probiou_reference(pred, target), abs=1e-6), row
+    # By hand: the 1 x 1 prediction on the 2 x 1 target's centre: Sigma = diag(2.5, 1) / 12,
+    # B = 1/2 ln(2.5 / sqrt(4)) = 0.111572, loss sqrt(1 - e^-B) = 0.324920; by symmetry no
+    # centre gradient. The 2 x 1 prediction at x = 0, a = 0 is the target: loss 0
+    data = landscape.landscape_data("probiou", size=3)
+    assert float(data["move_loss"][1, 1]) == pytest.approx(0.324920, abs=1e-6)
+    assert data["move_grad"][1, 1, :2].abs().max() < 1e-9
+    assert float(data["turn_loss"][1, 1]) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["kld", "gwd", "kfiou", "rotated_iou"])
+def test_plot_landscape_takes_every_rotated_loss(loss: str) -> None:
+    data = landscape.landscape_data(loss, size=5)
+    for grid in ("move", "stretch", "turn"):
+        assert bool(data[f"{grid}_loss"].isfinite().all()) and bool(data[f"{grid}_grad"].isfinite().all())

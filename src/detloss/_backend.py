@@ -178,7 +178,7 @@ def backend_info() -> BackendInfo:
 # ---------------------------------------------------------------- the dispatch
 
 _OPERATORS = {op.name: getattr(getattr(torch.ops, ops.NAMESPACE), op.name).default for op in ops.OPERATORS}
-_TORCH_PATHS = {op.name: ops.torch_function(op) for op in ops.OPERATORS}
+_TORCH_PATHS = {op.name: ops.torch_function(op) for op in ops.OPERATORS if op.forward is not None}
 _compiled: dict[str, Callable[..., Any]] = {}
 _compile_failed: set[str] = set()
 

@@ -99,17 +99,28 @@ def list_losses() -> None:
 
 DEMO_GT = "120,80,200,150"
 DEMO_PREDS = ("300,90,120,160", "140,100,160,120", "100,60,240,100", "150,95,50,200")
+#: ``detloss boxes --rotated``: cx, cy, w, h, angle in degrees. The last prediction is the
+#: ground truth turned by 180 degrees: the same box.
+DEMO_ROTATED_GT = "200,150,160,80,30"
+DEMO_ROTATED_PREDS = ("230,165,160,80,60", "200,150,80,160,30", "250,190,120,50,-15", "200,150,160,80,210")
+_BOX_NUMBERS = {"cxcywha": 5, "xyxyxyxy": 8}
 
 
 def parse_box(text: str, name: str, box_format: str = "xywh") -> list[float]:
     """``"x,y,w,h"`` -> four floats, else a one-line usage error naming the option: four
-    finite numbers, a width and a height >= 0 (``xyxy``: ``x2 >= x1``, ``y2 >= y1``)."""
+    finite numbers, a width and a height >= 0 (``xyxy``: ``x2 >= x1``, ``y2 >= y1``); five
+    for ``cxcywha`` (``cx,cy,w,h,angle``), eight for ``xyxyxyxy``."""
+    count = _BOX_NUMBERS.get(box_format, 4)
     try:
         values = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
         values = []
-    if len(values) != 4 or not all(v == v and abs(v) != float("inf") for v in values):
-        raise typer.BadParameter(f"expected four comma-separated finite numbers, got {text!r}", param_hint=name)
+    if len(values) != count or not all(v == v and abs(v) != float("inf") for v in values):
+        words = {4: "four", 5: "five", 8: "eight"}
+        message = f"expected {words[count]} comma-separated finite numbers ({box_format}), got {text!r}"
+        raise typer.BadParameter(message, param_hint=name)
+    if box_format == "xyxyxyxy":
+        return values
     if box_format == "xyxy" and (values[2] < values[0] or values[3] < values[1]):
         message = f"expected x1,y1,x2,y2 with x2 >= x1 and y2 >= y1 (xyxy), got {text!r}"
         raise typer.BadParameter(message, param_hint=name)
@@ -124,43 +135,68 @@ def echo_error(message: str) -> None:
 
 @app.command()
 def boxes(
-    gt: Annotated[str, typer.Option(help="Ground-truth box, four comma-separated numbers.")] = DEMO_GT,
+    gt: Annotated[str | None, typer.Option(help="Ground-truth box, four comma-separated numbers.")] = None,
     pred: Annotated[list[str] | None, typer.Option(help="Predicted box (repeat for several).")] = None,
-    box_format: Annotated[str, typer.Option("--format", help="xywh (left, top, w, h), xyxy or cxcywh.")] = "xywh",
+    box_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="xywh (left, top, w, h; default), xyxy or cxcywh; --rotated: cxcywha (default), xyxyxyxy."
+        ),
+    ] = None,
+    rotated: Annotated[
+        bool, typer.Option("--rotated", help="Rotated boxes: cx,cy,w,h,angle (or the four corners).")
+    ] = False,
+    angle_unit: Annotated[
+        str, typer.Option(help="--rotated: the angle's unit, deg or rad (the demo boxes are in degrees).")
+    ] = "deg",
     out: Annotated[Path | None, typer.Option(help="Draw the boxes to this picture (.png, .jpg, .pdf or .svg).")] = None,
 ) -> None:
-    """Print IoU, GIoU, DIoU, CIoU, EIoU, SIoU and their losses for each prediction."""
+    """Print IoU, GIoU, DIoU, CIoU, EIoU, SIoU and their losses for each prediction; with
+    --rotated, the rotated IoU, GIoU, the Gaussian distances, KFIoU and their losses."""
     from rich.box import SIMPLE_HEAD
     from rich.console import Console
     from rich.table import Table
 
     from detloss._checks import check_choice
-    from detloss.boxes import BOX_FORMATS
-    from detloss.experiments.boxes import box_table, draw_boxes
+    from detloss.boxes import ANGLE_UNITS, BOX_FORMATS, IOU_KINDS, ROTATED_FORMATS
+    from detloss.experiments.boxes import ROTATED_COLUMNS, box_table, draw_boxes, draw_rotated_boxes, rotated_box_table
     from detloss.experiments.runs import check_figure_path
 
-    check_choice("detloss boxes", "--format", box_format, BOX_FORMATS)
-    target = parse_box(gt, "--gt", box_format)
-    preds = [parse_box(p, "--pred", box_format) for p in (pred or list(DEMO_PREDS))]
+    box_format = box_format or ("cxcywha" if rotated else "xywh")
+    check_choice("detloss boxes", "--format", box_format, ROTATED_FORMATS if rotated else BOX_FORMATS)
+    if rotated:
+        check_choice("detloss boxes", "--angle-unit", angle_unit, ANGLE_UNITS)
+    demo_gt, demo_preds = (DEMO_ROTATED_GT, DEMO_ROTATED_PREDS) if rotated else (DEMO_GT, DEMO_PREDS)
+    target = parse_box(gt or demo_gt, "--gt", box_format)
+    preds = [parse_box(p, "--pred", box_format) for p in (pred or list(demo_preds))]
     if out is not None:
         check_figure_path("detloss boxes", "--out", out)
-    rows = box_table(target, preds, box_format)
-    from detloss.boxes import IOU_KINDS as kinds
     gt_text = ",".join(f"{v:g}" for v in target)
-    table = Table(
-        title=f"ground truth {gt_text} ({box_format})", caption="loss = 1 - similarity", box=SIMPLE_HEAD, pad_edge=False
-    )
+    if rotated:
+        rows = rotated_box_table(target, preds, box_format, angle_unit)
+        columns = ROTATED_COLUMNS
+        unit = f", {angle_unit}" if box_format == "cxcywha" else ""
+        title = f"ground truth {gt_text} ({box_format}{unit})"
+        caption = "loss: the detloss loss with its defaults (rotated_iou, probiou, kld, gwd, kfiou)"
+    else:
+        rows = box_table(target, preds, box_format)
+        columns = tuple((kind, kind[:-3].upper() + "IoU") for kind in IOU_KINDS)
+        title, caption = f"ground truth {gt_text} ({box_format})", "loss = 1 - similarity"
+    table = Table(title=title, caption=caption, box=SIMPLE_HEAD, pad_edge=False)
     table.add_column("prediction", overflow="fold")
-    for kind in kinds:
-        table.add_column(kind[:-3].upper() + "IoU", justify="right", no_wrap=True, min_width=7)
+    for _, header in columns:
+        table.add_column(header, justify="right", no_wrap=True, min_width=7)
     for i, row in enumerate(rows):
         if i:
             table.add_section()
-        table.add_row(f"{i + 1}: " + ",".join(f"{v:g}" for v in row["pred"]), *(f"{row[k]:.4f}" for k in kinds))
-        table.add_row("   loss", *(f"{row[k + '_loss']:.4f}" for k in kinds), style="dim")
+        table.add_row(f"{i + 1}: " + ",".join(f"{v:g}" for v in row["pred"]), *(f"{row[k]:.4f}" for k, _ in columns))
+        table.add_row("   loss", *(f"{row[k + '_loss']:.4f}" for k, _ in columns), style="dim")
     Console().print(table)  # as wide as the terminal (80 columns in a file or a pipe)
     if out is not None:
-        draw_boxes(target, preds, box_format, out, rows)
+        if rotated:
+            draw_rotated_boxes(target, preds, box_format, angle_unit, out, rows)
+        else:
+            draw_boxes(target, preds, box_format, out, rows)
         typer.echo(f"picture: {out}")
 
 
@@ -535,20 +571,24 @@ def convert_dataset(
 @app.command()
 def bench(
     losses: Annotated[
-        str, typer.Option(help="Comma-separated losses (IoU family, binary family) and compiled-step.")
-    ] = "iou,giou,diou,ciou,eiou,siou,sigmoid_focal,quality_focal,varifocal,binary_cross_entropy,compiled-step",
+        str, typer.Option(help="Comma-separated losses (IoU family, binary family, rotated) and compiled-step.")
+    ] = (
+        "iou,giou,diou,ciou,eiou,siou,sigmoid_focal,quality_focal,varifocal,binary_cross_entropy,"
+        "probiou,kld,gwd,kfiou,rotated_iou,compiled-step"
+    ),
     sizes: Annotated[
         str,
         typer.Option(
             help="Comma-separated sizes: box pairs, or logits (as n/80 x 80). "
-            "Default: 1e4,1e5,1e6 pairs; 8e4,8e5,8e6 logits (up to 100,000 anchors x 80 classes)."
+            "Default: 1e4,1e5,1e6 pairs; 8e4,8e5,8e6 logits (up to 100,000 anchors x 80 classes); "
+            "1e5,1e6 rotated pairs."
         ),
     ] = "",
     backends: Annotated[str, typer.Option(help="Comma-separated backends (default: those available here).")] = "",
     repeat: Annotated[int, typer.Option(help="Timed runs per measurement (the median is kept).")] = 7,
     threads: Annotated[int, typer.Option(help="torch threads (0: leave as is).")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    peers: Annotated[bool, typer.Option(help="Time fvcore / kornia when installed.")] = True,
+    peers: Annotated[bool, typer.Option(help="Time fvcore / kornia / ultralytics when installed.")] = True,
     out: Annotated[Path | None, typer.Option(help="Folder (default runs/bench-<stamp>).")] = None,
 ) -> None:
     """Time every fused loss per backend against the reference, the installed peers and the memory floor."""

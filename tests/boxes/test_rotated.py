@@ -23,8 +23,10 @@ from detloss.boxes import (
     pairwise_rotated_iou,
     rotated_iou,
     rotated_nms,
+    rotated_outline,
 )
 from detloss.boxes import rotated as kernel
+from detloss.errors import DetLossError
 
 # ---------------------------------------------------------------- references
 
@@ -594,3 +596,48 @@ def test_gaussian_gradcheck_float64(kind: str) -> None:
     p, t = pred.clone().requires_grad_(True), target.clone().requires_grad_(True)
     fn = (lambda a, b: kfiou(a, b)) if kind == "kfiou" else (lambda a, b: gaussian_distance(a, b, kind))
     assert torch.autograd.gradcheck(fn, (p, t), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the outline (for drawing)
+
+
+def _signed_area(points: torch.Tensor) -> float:
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * float((x * y.roll(-1) - x.roll(-1) * y).sum())
+
+
+def test_outline_polygons_are_shapelys_intersection_and_hull() -> None:
+    pred, target = random_pairs(300, 11)
+    disjoint = 0
+    for p, t in zip(pred, target):
+        inter, hull = rotated_outline(p, t)
+        a, b = Polygon(corners(p.tolist())), Polygon(corners(t.tolist()))
+        exact_inter, exact_hull = a.intersection(b), Polygon(corners(p.tolist()) + corners(t.tolist())).convex_hull
+        assert len(hull) <= 8 and _signed_area(hull) > 0  # counter-clockwise, y up
+        assert Polygon(hull.tolist()).symmetric_difference(exact_hull).area <= 1e-9 * exact_hull.area
+        assert len(hull) == len(exact_hull.exterior.coords) - 1  # no collinear or repeated vertices
+        if exact_inter.area == 0:
+            disjoint += 1
+            assert len(inter) <= 2
+            continue
+        assert len(inter) <= 8 and _signed_area(inter) > 0
+        assert Polygon(inter.tolist()).symmetric_difference(exact_inter).area <= 1e-9 * exact_inter.area
+    assert 0 < disjoint < 150
+
+
+def test_outline_of_identical_and_nested_boxes() -> None:
+    box = torch.tensor([3.0, -1.0, 4.0, 2.0, 0.7], dtype=torch.float64)
+    inter, hull = rotated_outline(box, box.clone())
+    expected = torch.tensor(corners(box.tolist()), dtype=torch.float64)
+    for polygon in (inter, hull):
+        assert len(polygon) == 4
+        assert all(float((expected - v).norm(dim=-1).min()) < 1e-12 for v in polygon)
+    small = torch.tensor([3.0, -1.0, 1.0, 1.0, 0.2], dtype=torch.float64)
+    inter, hull = rotated_outline(small, box)
+    assert _signed_area(inter) == pytest.approx(1.0, abs=1e-12)
+    assert _signed_area(hull) == pytest.approx(8.0, abs=1e-12)
+
+
+def test_outline_takes_one_box_each() -> None:
+    with pytest.raises(DetLossError, match="`pred` expected one box"):
+        rotated_outline(torch.zeros(2, 5), torch.zeros(5))

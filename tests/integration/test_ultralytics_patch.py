@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +18,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import BaseModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
 from ultralytics.utils.loss import BboxLoss, RotatedBboxLoss
 
+from detloss import DetLossError
 from detloss import functional as F
 from detloss.boxes import aligned_iou
 from detloss.integrations import ultralytics as dlu
@@ -74,17 +74,17 @@ def _loss(model: DetectionModel, batch: dict[str, torch.Tensor], **patch_args: o
 
 
 @contextlib.contextmanager
-def _spy() -> Iterator[dict[str, tuple]]:
-    """Record the arguments ultralytics passes to the box term."""
+def _spy(term: type[dlu.BoxTerm] = dlu.BoxTerm) -> Iterator[dict[str, tuple]]:
+    """Record the arguments ultralytics passes to the box term (of class ``term``)."""
     seen: dict[str, tuple] = {}
-    original = dlu.BoxTerm.forward
+    original = term.forward
 
     def spy(self: dlu.BoxTerm, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seen["args"] = tuple(a.detach().clone() for a in args)
         return original(self, *args)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dlu.BoxTerm, "forward", spy)
+        mp.setattr(term, "forward", spy)
         yield seen
 
 
@@ -222,14 +222,17 @@ def test_end_to_end_head_keeps_one_state_per_criterion() -> None:
     assert all(math.isfinite(float(getattr(model, n))) for n in names)
 
 
-def test_oriented_boxes_keep_probiou_with_a_warning() -> None:
+def test_oriented_boxes_refuse_an_axis_aligned_box_loss_and_take_the_class_loss() -> None:
+    """An axis-aligned box loss for an OBB model is an error naming box_loss (it was a warning
+    while the OBB term had no adapter); the class term applies to oriented boxes as it is."""
     model = _model("yolo11n-obb.yaml", OBBModel)
-    with dlu.patch("wiou", cls_loss="varifocal"), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with dlu.patch("wiou", cls_loss="varifocal"), pytest.raises(DetLossError, match="`box_loss`"):
+        model.loss(_batch(oriented=True))
+    model.criterion = None
+    with dlu.patch(None, cls_loss="varifocal"):
         _, items = model.loss(_batch(oriented=True))
         assert type(model.criterion.bbox_loss) is RotatedBboxLoss
-        assert isinstance(model.criterion.bce, dlu.ClassTerm)  # the class term applies to oriented boxes too
-    assert any("keeps its RotatedBboxLoss" in str(w.message) for w in caught)
+        assert isinstance(model.criterion.bce, dlu.ClassTerm)
     assert all(math.isfinite(float(v)) for v in items.values())
 
 

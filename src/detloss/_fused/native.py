@@ -1,4 +1,5 @@
-"""Build the C++ kernel (``kernels.cpp``) once per machine and load it into the dispatcher.
+"""Build the C++ kernels (``kernels.cpp`` and ``rotated.cpp``, one library) once per machine and
+load it into the dispatcher.
 
 Loading the library registers the CPU kernels and the CPU autograd of the operators that
 :mod:`detloss._fused.ops` defines (``torch.ops.detloss.*``); until then, or where it cannot be
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).with_name("kernels.cpp")
+#: Every source of the library (one build): the kernels above, then the rotated-box kernels.
+_SOURCES: tuple[Path, ...] = (_SOURCE, Path(__file__).with_name("rotated.cpp"))
 # (compile flags, link flags), tried in order. OpenMP is what makes at::parallel_for use
 # threads inside the kernel: without -fopenmp the ATen header runs the loop on one thread.
 # A compiler without OpenMP (Apple clang) gets the single-threaded SIMD build. Never -ffast-math.
@@ -85,7 +88,7 @@ def extension_name(flag_set: int = 0) -> str:
     """``detloss_fused_<hash>`` of the build with ``FLAG_SETS[flag_set]``: the hash covers the
     source, the flags, the torch and Python versions and the CPU, and nothing else."""
     cflags, ldflags = FLAG_SETS[flag_set]
-    digest = hashlib.sha256(_SOURCE.read_bytes())
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in _SOURCES))
     for part in (" ".join(cflags + ldflags), torch.__version__, sys.version.split()[0], _cpu_identity()):
         digest.update(b"\0" + part.encode())
     return "detloss_fused_" + digest.hexdigest()[:12]
@@ -127,8 +130,9 @@ def _why_not() -> str | None:
     from torch.utils import cpp_extension
 
     _find_ninja()
-    if not _SOURCE.is_file():
-        return f"{_SOURCE.name} is missing"
+    for source in _SOURCES:
+        if not source.is_file():
+            return f"{source.name} is missing"
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         return f"no C++ compiler ({compiler}) on PATH"
@@ -169,7 +173,7 @@ def _compile(name: str, build_dir: Path, cflags: tuple[str, ...], ldflags: tuple
     try:
         path = cpp_extension.load(
             name=name,
-            sources=[str(_SOURCE)],
+            sources=[str(source) for source in _SOURCES],
             extra_cflags=list(cflags),
             extra_ldflags=list(ldflags),
             build_directory=str(build_dir),

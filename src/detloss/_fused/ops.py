@@ -8,13 +8,19 @@ prediction and of the target (an empty tensor when ``target_grad`` is false)::
     iou_loss(Tensor pred, Tensor target, str kind, float eps, bool alpha_gate, bool paper_grad,
              float siou_theta) -> (Tensor loss, Tensor iou)
     binary_loss(Tensor logits, Tensor target, str kind, float? alpha, float gamma) -> Tensor
+    rotated_gaussian_loss(Tensor pred, Tensor target, str kind, str fun, float tau, float eps) -> Tensor
 
 ``iou_loss`` takes aligned ``(N, 4)`` ``xyxy`` pairs and returns ``1 - similarity`` and the IoU
 of :func:`detloss.boxes.iou.box_similarity` (``kind`` in ``iou, giou, diou, ciou, eiou, siou``);
 ``alpha_gate`` is CIoU's journal gate (aspect term only where IoU >= 0.5), ``paper_grad`` the
 CIoU paper's gradient of the aspect term, ``siou_theta`` SIoU's shape exponent; ``binary_loss``
 gives the elementwise ``bce``, ``focal``, ``quality`` or ``varifocal`` loss of logits
-(``alpha`` ``None``: no class weight, varifocal's 0.75; exponent ``gamma`` 0 or >= 1).
+(``alpha`` ``None``: no class weight, varifocal's 0.75; exponent ``gamma`` 0 or >= 1);
+``rotated_gaussian_loss`` takes aligned ``(N, 5)`` ``cxcywha`` pairs (radians) and gives the
+elementwise loss of the Gaussian distance ``kind`` (``bhattacharyya``, ``kld``, ``gwd``) of
+:func:`detloss.boxes.gaussian_distance`, transformed by ``fun``: ``hellinger``
+(``sqrt(1 - e^-d)``, ProbIoU's ``"l1"``), ``none`` (``d``), ``log1p`` or ``sqrt``
+(``1 - 1 / (tau + f(d))``, KLD's and GWD's), with sides ``w + eps``.
 
 Example:
     >>> import torch, detloss
@@ -26,7 +32,9 @@ Each has these implementations, one definition each:
 
 - CPU: the C++ kernels of ``kernels.cpp``, with their autograd in C++ too (``AutogradCPU``), once
   :mod:`detloss._fused.native` has loaded the library; a call on CPU tensors then runs no Python
-  between the dispatcher and the loop;
+  between the dispatcher and the loop. ``rotated_gaussian_loss`` has its C++ kernels in
+  ``rotated.cpp``, its autograd by the Python rule below, and no other kernels: it exists only
+  where the library is loaded (the rotated losses' other paths are the reference's own);
 - every other device, and CPU where the library is not built: the pure-torch kernels of
   :mod:`detloss._fused.torch_impl` (``CompositeExplicitAutograd``), whose autograd is
   :func:`setup_context` / :func:`backward` below;
@@ -51,6 +59,7 @@ Adding an operator (e.g. a rotated-box loss):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +68,7 @@ import torch
 
 from detloss._fused import torch_impl
 
-__all__ = ["NAMESPACE", "OPERATORS", "Operator", "backward", "setup_context", "torch_function"]
+__all__ = ["NAMESPACE", "OPERATORS", "ROTATED_OPERATORS", "Operator", "backward", "setup_context", "torch_function"]
 
 NAMESPACE = "detloss"
 Tensor = torch.Tensor
@@ -73,8 +82,8 @@ class Operator:
     name: str
     schema: str
     backward_schema: str
-    forward: Callable[..., Any]
-    backward: Callable[..., Any]
+    forward: Callable[..., Any] | None  # None: no pure-torch kernels (native CPU kernels only)
+    backward: Callable[..., Any] | None
     fake: Callable[..., Any]
     fake_backward: Callable[..., Any]
 
@@ -174,6 +183,39 @@ OPERATORS: tuple[Operator, ...] = (
 )
 
 
+# ---------------------------------------------------------------- rotated boxes: Gaussian losses
+
+
+def _check_rotated_pairs(pred: Tensor, target: Tensor) -> None:
+    torch._check(pred.dim() == 2 and pred.shape[1] == 5, lambda: "detloss::rotated_gaussian_loss: pred of shape (N, 5)")
+    torch._check(target.shape == pred.shape, lambda: "detloss::rotated_gaussian_loss: target of pred's shape")
+
+
+def _rotated_gaussian_loss_fake(pred: Tensor, target: Tensor, *options: Any) -> Tensor:
+    _check_rotated_pairs(pred, target)
+    return pred.new_empty(pred.shape[:1])
+
+
+def _rotated_gaussian_loss_backward_fake(pred: Tensor, target: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+    _check_rotated_pairs(pred, target)
+    return torch.empty_like(pred), torch.empty_like(target) if args[-1] else pred.new_empty(0)
+
+
+ROTATED_OPERATORS: tuple[Operator, ...] = (
+    Operator(
+        name="rotated_gaussian_loss",
+        schema="(Tensor pred, Tensor target, str kind, str fun, float tau, float eps) -> Tensor",
+        backward_schema="(Tensor pred, Tensor target, Tensor? grad, str kind, str fun, float tau, float eps, "
+        "bool target_grad) -> (Tensor, Tensor)",
+        forward=None,
+        backward=None,
+        fake=_rotated_gaussian_loss_fake,
+        fake_backward=_rotated_gaussian_loss_backward_fake,
+    ),
+)
+OPERATORS = (*OPERATORS, *ROTATED_OPERATORS)
+
+
 # ---------------------------------------------------------------- the autograd rule, for every operator
 
 
@@ -200,6 +242,9 @@ def torch_function(op: Operator) -> type[torch.autograd.Function]:
     """``op``'s pure-torch kernels under its autograd rule, as a Function Dynamo traces into
     (named ``IouLossTorchPath`` for ``iou_loss``: autograd shows ``IouLossTorchPathBackward``)."""
 
+    if op.forward is None or op.backward is None:
+        raise ValueError(f"{op.name} has no pure-torch kernels")
+    forward_kernel = op.forward
     backward_kernel = op.backward  # a plain function: Dynamo traces closures over functions, not over an Operator
 
     def function_backward(ctx: Any, *grads: Any) -> Any:
@@ -207,7 +252,7 @@ def torch_function(op: Operator) -> type[torch.autograd.Function]:
 
     name = "".join(word.title() for word in op.name.split("_")) + "TorchPath"
     members = {
-        "forward": staticmethod(op.forward),  # its own signature: Dynamo binds the arguments to it
+        "forward": staticmethod(forward_kernel),  # its own signature: Dynamo binds the arguments to it
         "setup_context": staticmethod(setup_context),
         "backward": staticmethod(function_backward),
         "__module__": __name__,
@@ -222,8 +267,9 @@ def _register() -> torch.library.Library:
         backward_name = op.name + "_backward"
         lib.define(op.name + op.schema)
         lib.define(backward_name + op.backward_schema)
-        lib.impl(op.name, op.forward, "CompositeExplicitAutograd")
-        lib.impl(backward_name, op.backward, "CompositeExplicitAutograd")
+        if op.forward is not None and op.backward is not None:
+            lib.impl(op.name, op.forward, "CompositeExplicitAutograd")
+            lib.impl(backward_name, op.backward, "CompositeExplicitAutograd")
         torch.library.register_fake(f"{NAMESPACE}::{op.name}", op.fake, lib=lib)
         torch.library.register_fake(f"{NAMESPACE}::{backward_name}", op.fake_backward, lib=lib)
         backward_op = getattr(getattr(torch.ops, NAMESPACE), backward_name).default
@@ -234,7 +280,18 @@ def _register() -> torch.library.Library:
         torch.library.register_autograd(
             f"{NAMESPACE}::{op.name}", autograd_backward, setup_context=setup_context, lib=lib
         )
+        if op.forward is None:  # native only: the backward has no derivative, and says so
+            torch.library.register_autograd(
+                f"{NAMESPACE}::{backward_name}",
+                functools.partial(_no_second_derivative, backward_name),
+                setup_context=lambda ctx, inputs, output: None,
+                lib=lib,
+            )
     return lib
+
+
+def _no_second_derivative(name: str, ctx: Any, *grads: Any) -> Any:
+    raise RuntimeError(f"derivative for {NAMESPACE}::{name} is not implemented (the reference path has one)")
 
 
 _LIBRARY = _register()

@@ -4,6 +4,7 @@ from detloss.boxes.coder import BoxCoder
 from detloss.boxes.convert import BOX_FORMATS, area, convert
 from detloss.boxes.iou import IOU_KINDS, aligned_iou, pairwise_iou
 from detloss.boxes.rotated import (
+    ANGLE_UNITS,
     ROTATED_FORMATS,
     convert_rotated,
     gaussian_distance,
@@ -11,9 +12,11 @@ from detloss.boxes.rotated import (
     pairwise_rotated_iou,
     rotated_iou,
     rotated_nms,
+    rotated_outline,
 )
 
 __all__ = [
+    "ANGLE_UNITS",
     "BOX_FORMATS",
     "IOU_KINDS",
     "ROTATED_FORMATS",
@@ -28,4 +31,5 @@ __all__ = [
     "pairwise_rotated_iou",
     "rotated_iou",
     "rotated_nms",
+    "rotated_outline",
 ]

@@ -92,10 +92,12 @@ __all__ = [
     "rotated_frames",
     "rotated_iou",
     "rotated_nms",
+    "rotated_outline",
 ]
 
 #: The rotated box layouts: ``cxcywha`` (centre, sides, angle) and ``xyxyxyxy`` (four corners).
 ROTATED_FORMATS: tuple[str, ...] = ("cxcywha", "xyxyxyxy")
+#: The values of ``angle_unit``: radians (the default, as ultralytics' ``xywhr``) or degrees.
 ANGLE_UNITS: tuple[str, ...] = ("rad", "deg")
 ROTATED_IOU_KINDS: tuple[str, ...] = ("iou", "giou")
 GAUSSIAN_KINDS: tuple[str, ...] = ("bhattacharyya", "kld", "gwd")
@@ -280,6 +282,8 @@ class _Boundary(NamedTuple):
     mid_a: torch.Tensor  # (..., 4, 2): its midpoint
     length_b: torch.Tensor
     mid_b: torch.Tensor
+    starts: torch.Tensor  # (..., 8, 2): where each segment starts (A's lines, then B's), counter-clockwise
+    valid: torch.Tensor  # (..., 8): the segment exists
 
 
 def _intersection(a: _Lines, b: _Lines) -> _Boundary:
@@ -341,7 +345,7 @@ def _intersection(a: _Lines, b: _Lines) -> _Boundary:
     anchor = ((starts + ends) * weight).sum(dim=-2) / (2 * weight.sum(dim=-2)).clamp(min=1)
     parts = _cross(starts - anchor[..., None, :], ends - anchor[..., None, :])
     area = torch.where(valid, parts, torch.zeros_like(parts)).sum(dim=-1)
-    return _Boundary(0.5 * area, length_a, mid_a, length_b, mid_b)
+    return _Boundary(0.5 * area, length_a, mid_a, length_b, mid_b, starts, valid)
 
 
 def _shape_derivative_term(lines: _Lines, length: torch.Tensor, mid: torch.Tensor) -> torch.Tensor:
@@ -460,7 +464,18 @@ def _turns(
 
 
 def _hull_area(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) -> torch.Tensor:
-    """Area of the convex hull of the eight corners of boxes A and B by gift wrapping.
+    """Area of the convex hull of the eight corners of boxes A and B (:func:`_hull_order`): the
+    shoelace sum of :meth:`_CrossTable.cross` over the hull's corners, differentiable."""
+    batch = d.shape[:-1]
+    index, table = _hull_order(d, a, b, corners)
+    pairs = index[..., :-1] * 8 + index[..., 1:]
+    return (0.5 * table.cross().flatten(-2).gather(-1, pairs).sum(dim=-1)).reshape(batch)
+
+
+def _hull_order(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) -> tuple[torch.Tensor, _CrossTable]:
+    """The convex hull of the eight corners of boxes A and B by gift wrapping: the corners'
+    indices ``(B, 10)`` (A's 0-3, B's 4-7; ``B`` the flattened batch) counter-clockwise from
+    the start back to it, the last vertex repeated once the hull is closed, and the cross table.
 
     The wrap starts at the corner farthest along a fixed direction (a hull vertex, found box
     by box) and takes, at most 8 times, the next one by one scan of the candidates: a
@@ -471,11 +486,9 @@ def _hull_area(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) -> 
     count once (identical boxes, a square turned by pi/2: two copies of a vertex would let
     the wrap take a second lap), and visited corners are not candidates again. Every
     comparison between corners of one box uses their exact side coordinates; ``corners``
-    serve only to compare corners of different boxes. The selection carries no gradient; the
-    area, the shoelace sum of :meth:`_CrossTable.cross` over the selected corners, is
-    differentiable.
+    serve only to compare corners of different boxes. The selection carries no gradient.
     """
-    batch = d.shape[:-1]  # flattened here, so that entries can be picked by index
+    # flattened here, so that entries can be picked by index
     d, corners = d.reshape(-1, 2), corners.reshape(-1, 8, 2)
     a, b = (Frames(*(t.reshape(-1, 2) for t in f)) for f in (a, b))
     table = _cross_table(d, a, b)
@@ -565,9 +578,7 @@ def _hull_area(d: torch.Tensor, a: Frames, b: Frames, corners: torch.Tensor) -> 
             current = step
             order.append(step)
         order.append(start)
-        index = torch.stack(order, dim=-1)  # (..., 10)
-        pairs = index[..., :-1] * count + index[..., 1:]
-    return (0.5 * table.cross().flatten(-2).gather(-1, pairs).sum(dim=-1)).reshape(batch)
+    return torch.stack(order, dim=-1), table
 
 
 def rotated_box_similarity(pred: Frames, target: Frames, kind: str, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -733,6 +744,57 @@ def pairwise_rotated_iou(
     return pairwise_blocks(block, n, m, ROTATED_PAIRWISE_BLOCK, like=f1.sides, grad=grad)
 
 
+def rotated_outline(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    box_format: RotatedBoxFormat = "cxcywha",
+    angle_unit: AngleUnit = "rad",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The intersection polygon and the convex hull of one pair of rotated boxes, as
+    :func:`rotated_iou` finds them (for drawing; no gradient).
+
+    Args:
+        pred: one rotated box, ``(5,)`` (``cxcywha``) or ``(8,)`` (``xyxyxyxy``).
+        target: one rotated box, same layout.
+        box_format: ``"cxcywha"`` or ``"xyxyxyxy"``.
+        angle_unit: ``"rad"`` or ``"deg"``, for ``cxcywha``.
+
+    Returns:
+        ``(intersection, hull)``: vertices ``(K, 2)``, ``K <= 8`` (``K = 0`` for disjoint
+        boxes), and ``(M, 2)``, ``M <= 8``, counter-clockwise (in coordinates where y points
+        up), in the boxes' coordinates.
+
+    Example:
+        >>> a = torch.tensor([0.0, 0.0, 2.0, 2.0, 0.0])
+        >>> inter, hull = rotated_outline(a, torch.tensor([1.0, 0.0, 2.0, 2.0, 0.0]))
+        >>> sorted(map(tuple, inter.tolist()))  # the square [0, 1] x [-1, 1]
+        [(0.0, -1.0), (0.0, 1.0), (1.0, -1.0), (1.0, 1.0)]
+        >>> hull.shape  # the rectangle [-1, 2] x [-1, 1]: collinear corners are not vertices
+        torch.Size([4, 2])
+    """
+    where = "rotated_outline"
+    for name, box in (("pred", pred), ("target", target)):
+        if isinstance(box, torch.Tensor) and box.dim() != 1:
+            raise DetLossError.bad_argument(where, name, "one box, a 1-d tensor", f"shape {tuple(box.shape)}")
+    p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, 1.0)
+    with torch.no_grad():
+        p, t = (Frames(*(x.detach()[None] for x in f)) for f in (p, t))
+        d = 0.5 * centre_offset(p, t)  # both boxes about the midpoint of their centres, as rotated_iou
+        a, b = _lines(d, p.sides, p.u), _lines(-d, t.sides, t.u)
+        bound = _intersection(a, b)
+        inter = bound.starts[bound.valid]
+        if len(inter):  # a convex polygon: its vertices in order of angle about their mean
+            around = inter - inter.mean(dim=0)
+            inter = inter[torch.atan2(around[:, 1], around[:, 0]).argsort()]
+        corners = torch.cat((a.corners, b.corners), dim=-2)
+        index, _ = _hull_order(d, p, t, corners)
+        order = torch.unique_consecutive(index[0])
+        order = order[:-1] if len(order) > 1 and order[-1] == order[0] else order
+        hull = corners[0, order]
+        mid = t.centre[0] + d[0]
+    return inter + mid, hull + mid
+
+
 def rotated_nms(
     boxes: torch.Tensor,
     scores: torch.Tensor,
@@ -828,10 +890,11 @@ def _log_volume_ratio(g: _GaussianPair) -> torch.Tensor:
     units of rounding even where it is tiny (near-identical boxes; ProbIoU's square root of
     ``B`` would turn an absolute error ``u`` into ``sqrt(u)``)."""
     lwp, lhp, lwt, lht = (torch.log(s) for s in (g.wp, g.hp, g.wt, g.ht))
+    # differences of logs of sides first: exactly 0 where the sides are equal
     excess = (
-        torch.sinh(0.5 * (lwp + lhp - lwt - lht)) ** 2
-        + g.cos2 * torch.sinh(0.5 * (lhp + lwt - lwp - lht)) ** 2
-        + g.sin2 * torch.sinh(0.5 * (lhp + lht - lwp - lwt)) ** 2
+        torch.sinh(0.5 * ((lwp - lwt) + (lhp - lht))) ** 2
+        + g.cos2 * torch.sinh(0.5 * ((lhp - lht) + (lwt - lwp))) ** 2
+        + g.sin2 * torch.sinh(0.5 * ((lhp - lwp) + (lht - lwt))) ** 2
     )
     return torch.log1p(excess)
 

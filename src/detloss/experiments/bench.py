@@ -1,8 +1,8 @@
 """``detloss bench``: time every fused loss on each backend, against the reference path, the
 public peers that are installed, and the memory floor, all in the same run.
 
-For each loss and size ``n`` (box pairs for the IoU family; logits, as ``(n / 80, 80)``, for
-the binary family) and each implementation:
+For each loss and size ``n`` (box pairs for the IoU family and the rotated losses; logits, as
+``(n / 80, 80)``, for the binary family) and each implementation:
 
 - ``fwd_ms``, ``fwd_bwd_ms``: median wall time of the forward (inputs requiring grad, as in
   training) and of forward + backward, mean reduction, after one warm-up call;
@@ -18,6 +18,14 @@ the binary family) and each implementation:
 - ``ratio_vs_fastest_peer``: ``fwd_bwd_ms`` over the fastest installed peer's (``None`` if
   no peer implements that loss or none is installed: ``pip install -e .[bench]``);
 - ``compile_s`` (compiled backend): the first call's time, compilation included.
+
+The rotated losses (:data:`ROTATED_LOSSES`, ``cxcywha`` pairs in radians) have no fused
+composition: their rows are the reference path (``impl="reference"``), for ProbIoU, KLD and
+GWD the native operator called directly (``native``: ``torch.ops.detloss.rotated_gaussian_loss``
+with the loss's defaults, then the mean; the losses themselves do not use it), and
+ultralytics' ``probiou`` as the peer of
+``probiou`` when ultralytics is installed (its ``1 - probiou``, mean; ultralytics' default
+``eps``, no ``floor``: the function as ``RotatedBboxLoss`` calls it).
 
 The ``compiled-step`` rows time a training step instead of a loss: a small detection head
 (two linear layers) whose ``n`` anchors each predict a box and :data:`NUM_CLASSES` logits,
@@ -46,7 +54,7 @@ import torch
 
 import detloss
 from detloss import functional as F
-from detloss.testing import random_boxes
+from detloss.testing import random_boxes, random_rotated_boxes
 
 __all__ = [
     "BENCH_LOSSES",
@@ -56,6 +64,9 @@ __all__ = [
     "IOU_LOSSES",
     "IOU_SIZES",
     "NUM_CLASSES",
+    "ROTATED_LOSSES",
+    "ROTATED_NATIVE",
+    "ROTATED_SIZES",
     "STEP_SIZES",
     "available_backends",
     "bench_inputs",
@@ -63,15 +74,18 @@ __all__ = [
     "peers",
     "prepare_backends",
     "report_markdown",
+    "rotated_backends",
     "run_bench",
 ]
 
 IOU_LOSSES = ("iou", "giou", "diou", "ciou", "eiou", "siou")
 BINARY_LOSSES = ("sigmoid_focal", "quality_focal", "varifocal", "binary_cross_entropy")
+ROTATED_LOSSES = ("probiou", "kld", "gwd", "kfiou", "rotated_iou")
 NUM_CLASSES = 80
 COMPILED_STEP = "compiled-step"
-BENCH_LOSSES = (*IOU_LOSSES, *BINARY_LOSSES, COMPILED_STEP)
+BENCH_LOSSES = (*IOU_LOSSES, *BINARY_LOSSES, *ROTATED_LOSSES, COMPILED_STEP)
 IOU_SIZES = (10_000, 100_000, 1_000_000)  # box pairs
+ROTATED_SIZES = (100_000, 1_000_000)  # rotated box pairs
 BINARY_SIZES = (80_000, 800_000, 8_000_000)  # logits: 1,000 / 10,000 / 100,000 anchors x 80 classes
 STEP_SIZES = (1_000, 10_000, 100_000)  # anchors of the compiled step, each a box and 80 logits
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -94,14 +108,37 @@ def prepare_backends(names: Iterable[str], device: torch.device) -> None:
             detloss.get_backend(device)
 
 
-def _ours(loss: str) -> Fn:
+def _ours(loss: str, backend: str = "reference") -> Fn:
+    if backend == "native" and loss in ROTATED_NATIVE:
+        kind, fun, tau = ROTATED_NATIVE[loss]
+        op = torch.ops.detloss.rotated_gaussian_loss
+        return lambda a, b: op(a, b, kind, fun, tau, 1e-7).mean()
     fn = getattr(F, f"{loss}_loss")
     return lambda a, b: fn(a, b)
 
 
+#: The rotated losses with a native operator, ``torch.ops.detloss.rotated_gaussian_loss``:
+#: its ``kind``, ``fun`` and ``tau`` for the loss's defaults.
+ROTATED_NATIVE: dict[str, tuple[str, str, float]] = {
+    "probiou": ("bhattacharyya", "hellinger", 0.0),
+    "kld": ("kld", "log1p", 1.0),
+    "gwd": ("gwd", "sqrt", 2.0),
+}
+
+
+def rotated_backends(loss: str, names: Iterable[str]) -> list[str]:
+    """The backends of ``names`` that have their own path for rotated ``loss``: the reference,
+    and native for :data:`ROTATED_NATIVE`."""
+    return [n for n in names if n == "reference" or (n == "native" and loss in ROTATED_NATIVE)]
+
+
 def peers(loss: str) -> dict[str, Fn]:
-    """Public implementations of ``loss`` that are installed (fvcore, kornia)."""
+    """Public implementations of ``loss`` that are installed (fvcore, kornia, ultralytics)."""
     found: dict[str, Fn] = {}
+    if loss == "probiou" and importlib.util.find_spec("ultralytics") is not None:
+        from ultralytics.utils.metrics import probiou
+
+        found["ultralytics"] = lambda a, b: (1.0 - probiou(b, a)).mean()
     if importlib.util.find_spec("fvcore") is not None:
         from fvcore.nn import giou_loss, sigmoid_focal_loss
 
@@ -119,6 +156,11 @@ def peers(loss: str) -> dict[str, Fn]:
 def bench_inputs(loss: str, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pred, target)`` of ``n`` box pairs (IoU family) or ``n`` logits as ``(n / 80, 80)``."""
     g = torch.Generator().manual_seed(0)
+    if loss in ROTATED_LOSSES:  # near their targets: centres within 20% of the sides, angles 0.2 rad
+        target = random_rotated_boxes(n, generator=g, dtype=torch.float32)
+        noise = (torch.rand(target.shape, generator=g) - 0.5) * 0.4
+        pred = target + noise * torch.cat((target[:, 2:4], target[:, 2:4], torch.ones(n, 1)), dim=1)
+        return pred.to(device), target.to(device)
     if loss in IOU_LOSSES:
         target = random_boxes(n, generator=g, dtype=torch.float32)
         noise = (torch.rand(target.shape, generator=g) - 0.5) * 0.4
@@ -371,7 +413,8 @@ def run_bench(
     ``saved_bytes``, ``peak_bytes``, ``ratio_vs_fastest_peer``, ``ratio_vs_floor`` and a few more.
 
     ``sizes`` applies to every loss; ``None``: :data:`IOU_SIZES` box pairs for the IoU family,
-    :data:`BINARY_SIZES` logits for the binary family, :data:`STEP_SIZES` anchors for
+    :data:`ROTATED_SIZES` pairs for the rotated losses (on the reference backend, and native
+    for :data:`ROTATED_NATIVE`), :data:`BINARY_SIZES` logits for the binary family, :data:`STEP_SIZES` anchors for
     ``compiled-step`` (whose ``torch.compile`` backend is ``compile_backend``).
     """
     dev = torch.device(device)
@@ -383,8 +426,10 @@ def run_bench(
             step_sizes = [int(n) for n in (sizes if sizes is not None else STEP_SIZES)]
             rows += _step_rows(step_sizes, names, repeat, dev, compile_backend, progress)
             continue
-        for n in sizes if sizes is not None else (IOU_SIZES if loss in IOU_LOSSES else BINARY_SIZES):
-            rows += _loss_rows(loss, int(n), names, repeat, dev, with_peers, progress)
+        default = IOU_SIZES if loss in IOU_LOSSES else ROTATED_SIZES if loss in ROTATED_LOSSES else BINARY_SIZES
+        chosen = rotated_backends(loss, names) if loss in ROTATED_LOSSES else names
+        for n in sizes if sizes is not None else default:
+            rows += _loss_rows(loss, int(n), chosen, repeat, dev, with_peers, progress)
     return rows
 
 
@@ -399,7 +444,7 @@ def _loss_rows(
 ) -> list[dict[str, Any]]:
     """The floor, each backend and each installed peer on one loss and size."""
     pred, target = bench_inputs(loss, n, dev)
-    elements = pred.numel() if loss not in IOU_LOSSES else pred.shape[0]
+    elements = pred.shape[0] if loss in IOU_LOSSES or loss in ROTATED_LOSSES else pred.numel()
     (floor,) = _median_ms(floor_copy(pred, target), repeat=max(3 * repeat, 15), device=dev)
     group: list[dict[str, Any]] = [
         {
@@ -417,7 +462,12 @@ def _loss_rows(
         if progress:
             progress(f"{loss} n={elements} {name}")
         with detloss.use_backend(name):
-            row = {"loss": loss, "impl": name, "n": elements, **_time_impl(_ours(loss), pred, target, repeat, dev)}
+            row = {
+                "loss": loss,
+                "impl": name,
+                "n": elements,
+                **_time_impl(_ours(loss, name), pred, target, repeat, dev),
+            }
         if name == "compiled":
             row["compile_s"] = row["first_call_s"]
         group.append(row)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["draw_box_pair"]
+__all__ = ["draw_box_pair", "draw_rotated_pair"]
 
 
 def _rect(ax: Any, box: tuple[float, float, float, float], **kw: Any) -> None:
@@ -34,6 +34,40 @@ def draw_box_pair(ax: Any, pred: tuple[float, ...], gt: tuple[float, ...], title
     pad = 0.08 * max(cx2 - cx1, cy2 - cy1, 1e-9)
     ax.set_xlim(cx1 - pad, cx2 + pad)
     ax.set_ylim(cy2 + pad, cy1 - pad)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y (down)")
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def draw_rotated_pair(
+    ax: Any,
+    pred: list[list[float]],
+    gt: list[list[float]],
+    intersection: list[list[float]],
+    hull: list[list[float]],
+    title: str = "",
+) -> None:
+    """Draw the corners of ``pred`` and ``gt`` (image coordinates: y down), their intersection
+    polygon (filled) and the convex hull of the eight corners (dashed), labelled."""
+    from matplotlib.patches import Polygon
+
+    ax.add_patch(
+        Polygon(hull, closed=True, fill=False, edgecolor="0.55", linestyle="--", linewidth=1.2, label="convex hull C")
+    )
+    if len(intersection) >= 3:
+        ax.add_patch(
+            Polygon(
+                intersection, closed=True, facecolor="tab:orange", alpha=0.45, edgecolor="none", label="intersection"
+            )
+        )
+    ax.add_patch(Polygon(gt, closed=True, fill=False, edgecolor="tab:green", linewidth=2.2, label="ground truth"))
+    ax.add_patch(Polygon(pred, closed=True, fill=False, edgecolor="tab:red", linewidth=2.2, label="prediction"))
+    xs, ys = [p[0] for p in hull], [p[1] for p in hull]
+    pad = 0.08 * max(max(xs) - min(xs), max(ys) - min(ys), 1e-9)
+    ax.set_xlim(min(xs) - pad, max(xs) + pad)
+    ax.set_ylim(max(ys) + pad, min(ys) - pad)
     ax.set_aspect("equal")
     ax.set_xlabel("x")
     ax.set_ylabel("y (down)")

@@ -10,20 +10,27 @@ with autograd:
   disjoint boxes);
 - the loss as the prediction stretches (``w, h`` on a grid, centre fixed on the target's),
   with unit arrows along ``-(dL/dw, dL/dh)``.
+
+A loss of rotated boxes (``probiou``, ``kld``, ``gwd``, ``kfiou``, ``rotated_iou``) gets the
+boxes as ``cxcywha`` with angle 0 (the target ``(0, 0, 2, 1, 0)``) on those grids, and a fourth
+panel: the loss as a prediction of the target's size moves along x and turns (``x, a`` on a
+grid), with unit arrows along ``-(dL/dx, dL/da)``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["FIGSIZE", "TARGET", "landscape_data", "plot_landscape"]
+__all__ = ["FIGSIZE", "ROTATED_FIGSIZE", "TARGET", "landscape_data", "landscape_losses", "plot_landscape"]
 
-#: Figure size in inches (PNG at 120 dpi, trimmed to its content).
+#: Figure size in inches (PNG at 120 dpi, trimmed to its content); rotated losses: four panels.
 FIGSIZE = (20.0, 6.0)
+ROTATED_FIGSIZE = (26.0, 6.0)
 
 #: The fixed target, ``cxcywh``.
 TARGET: tuple[float, float, float, float] = (0.0, 0.0, 2.0, 1.0)
@@ -32,14 +39,31 @@ _STRETCH_CENTRE = (0.0, 0.0)
 _X = (-4.0, 4.0)
 _Y = (-3.0, 3.0)
 _WH = (0.1, 5.0)
+_ANGLE = (-math.pi / 2, math.pi / 2)
+
+
+def landscape_losses() -> list[str]:
+    """The losses the landscape draws: every loss of a pair of boxes, axis-aligned or rotated."""
+    from detloss.experiments.simulation import box_losses
+    from detloss.registry import LOSSES
+
+    return [*box_losses(), *(key for key, spec in LOSSES.items() if spec.inputs == "rotated_boxes")]
+
+
+def _is_rotated(loss: str) -> bool:
+    from detloss.registry import get_spec
+
+    return get_spec(loss).inputs == "rotated_boxes"
 
 
 def _loss_and_grad(loss: str, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and gradient of ``cxcywh`` boxes, or of ``cxcywha`` ones (angle column) for rotated losses."""
     from detloss.registry import build_loss
 
-    module = build_loss(loss, reduction="none", box_format="cxcywh")
+    rotated = boxes.shape[-1] == 5
+    module = build_loss(loss, reduction="none", box_format="cxcywha" if rotated else "cxcywh")
     pred = boxes.detach().clone().requires_grad_(True)
-    target = torch.tensor(TARGET, dtype=boxes.dtype).expand_as(boxes)
+    target = torch.tensor((*TARGET, 0.0)[: boxes.shape[-1]], dtype=boxes.dtype).expand_as(boxes)
     with torch.enable_grad():
         value = module(pred, target)
         (grad,) = torch.autograd.grad(value.sum(), pred)
@@ -47,11 +71,12 @@ def _loss_and_grad(loss: str, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def landscape_data(loss: str = "ciou", size: int = 161) -> dict[str, Any]:
-    """Loss and gradient on the two grids: ``move`` (centres) and ``stretch`` (sizes)."""
+    """Loss and gradient on the two grids: ``move`` (centres) and ``stretch`` (sizes); rotated
+    losses also on ``turn`` (``x`` and the angle ``a``, the target's size), with ``a``."""
     from detloss._checks import check_choice
-    from detloss.experiments.simulation import box_losses
 
-    check_choice("plot landscape", "loss", loss, box_losses())
+    check_choice("plot landscape", "loss", loss, landscape_losses())
+    rotated = _is_rotated(loss)
     xs = torch.linspace(*_X, size, dtype=torch.float64)
     ys = torch.linspace(*_Y, size, dtype=torch.float64)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
@@ -61,18 +86,29 @@ def landscape_data(loss: str = "ciou", size: int = 161) -> dict[str, Any]:
     stretch = torch.stack(
         (torch.full_like(gw, _STRETCH_CENTRE[0]), torch.full_like(gw, _STRETCH_CENTRE[1]), gw, gh), dim=-1
     )
-    move_loss, move_grad = _loss_and_grad(loss, move.reshape(-1, 4))
-    stretch_loss, stretch_grad = _loss_and_grad(loss, stretch.reshape(-1, 4))
-    return {
+    if rotated:  # the same boxes at angle 0
+        move, stretch = (torch.cat((g, torch.zeros_like(g[..., :1])), dim=-1) for g in (move, stretch))
+    columns = move.shape[-1]
+    move_loss, move_grad = _loss_and_grad(loss, move.reshape(-1, columns))
+    stretch_loss, stretch_grad = _loss_and_grad(loss, stretch.reshape(-1, columns))
+    data = {
         "loss": loss,
         "x": xs,
         "y": ys,
         "w": ws,
         "move_loss": move_loss.reshape(size, size),
-        "move_grad": move_grad.reshape(size, size, 4),
+        "move_grad": move_grad.reshape(size, size, columns),
         "stretch_loss": stretch_loss.reshape(size, size),
-        "stretch_grad": stretch_grad.reshape(size, size, 4),
+        "stretch_grad": stretch_grad.reshape(size, size, columns),
     }
+    if rotated:
+        angles = torch.linspace(*_ANGLE, size, dtype=torch.float64)
+        ga, gx = torch.meshgrid(angles, xs, indexing="ij")
+        _, _, tw, th = TARGET
+        turn = torch.stack((gx, torch.zeros_like(gx), torch.full_like(gx, tw), torch.full_like(gx, th), ga), dim=-1)
+        turn_loss, turn_grad = _loss_and_grad(loss, turn.reshape(-1, 5))
+        data.update(a=angles, turn_loss=turn_loss.reshape(size, size), turn_grad=turn_grad.reshape(size, size, 5))
+    return data
 
 
 def _unit(u: Any, v: Any) -> tuple[Any, Any]:
@@ -96,7 +132,10 @@ def _draw(data: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     name = loss_label(data["loss"])
     x, y, w = data["x"].numpy(), data["y"].numpy(), data["w"].numpy()
-    fig, axes = plt.subplots(1, 3, figsize=FIGSIZE, layout="constrained")
+    rotated = "turn_loss" in data
+    fig, axes = plt.subplots(
+        1, 4 if rotated else 3, figsize=ROTATED_FIGSIZE if rotated else FIGSIZE, layout="constrained"
+    )
     step = max(len(x) // 16, 1)
     sl = slice(step // 2, None, step)
 
@@ -144,7 +183,22 @@ def _draw(data: dict[str, Any], path: Path) -> None:
     ax.set_aspect("equal")
     ax.set_title(f"{name}: the prediction stretches on the target's centre; arrows -dL/d(w, h)", fontsize=10)
     ax.legend(loc="upper right", fontsize=9)
-    fig.suptitle(f"{name} loss landscape around the target box (cx, cy, w, h) = {TARGET}", fontsize=12)
+    box = f"(cx, cy, w, h) = {TARGET}"
+    if rotated:
+        box = f"(cx, cy, w, h, a) = {(*TARGET, 0.0)}"
+        ax = axes[3]
+        a = data["a"].numpy()
+        field = ax.contourf(x, a, data["turn_loss"].numpy(), levels=24, cmap="viridis")
+        fig.colorbar(field, ax=ax, label=f"{name} loss")
+        tgrad = data["turn_grad"].numpy()
+        u, v = _unit(-tgrad[sl, sl, 0], -tgrad[sl, sl, 4])
+        ax.quiver(x[sl], a[sl], u, v, color="white", angles="xy", pivot="mid", width=0.004, scale=28)
+        ax.plot([cx], [0.0], marker="*", color="red", markersize=14, linestyle="none", label="target")
+        ax.set_xlabel("prediction centre x")
+        ax.set_ylabel("prediction angle a (rad)")
+        ax.set_title(f"{name}: a {tw:g} x {th:g} prediction moves along x and turns; arrows -dL/d(x, a)", fontsize=10)
+        ax.legend(loc="upper right", fontsize=9)
+    fig.suptitle(f"{name} loss landscape around the target box {box}", fontsize=12)
     save_figure(fig, path)
     plt.close(fig)
 
@@ -161,25 +215,18 @@ def plot_landscape(loss: str = "ciou", out: Path | None = None, *, size: int = 1
     figure = f"landscape_{loss}.png"
     _draw(data, out / figure)
     rows = []
-    for grid, a, b in (("move", "x", "y"), ("stretch", "w", "h")):
+    grids = [("move", "x", "y", "x", "y"), ("stretch", "w", "h", "w", "w")]
+    if "turn_loss" in data:
+        grids.append(("turn", "x", "a", "x", "a"))
+    for grid, a, b, first_axis, second_axis in grids:
         values, grads = data[f"{grid}_loss"], data[f"{grid}_grad"]
-        first = data["x"] if grid == "move" else data["w"]
-        second = data["y"] if grid == "move" else data["w"]
+        first, second = data[first_axis], data[second_axis]
         for i in range(0, size, 4):
             for j in range(0, size, 4):
                 g = grads[i, j].tolist()
-                rows.append(
-                    {
-                        "grid": grid,
-                        a if grid == "move" else "w": float(first[j]),
-                        b if grid == "move" else "h": float(second[i]),
-                        "loss": float(values[i, j]),
-                        "dL/dx": g[0],
-                        "dL/dy": g[1],
-                        "dL/dw": g[2],
-                        "dL/dh": g[3],
-                    }
-                )
+                row = {"grid": grid, a: float(first[j]), b: float(second[i]), "loss": float(values[i, j])}
+                row.update({f"dL/d{name}": value for name, value in zip("xywha", g)})
+                rows.append(row)
     write_csv(out / "results.csv", rows)
     payload = run_header("plot landscape", {"loss": loss, "out": str(out), "size": size}, started)
     payload.update({"figures": [figure], "target_cxcywh": list(TARGET)})

@@ -153,16 +153,39 @@ def probiou_loss(
     """
     where = "probiou_loss"
     check_choice(where, "mode", mode, ("l1", "l2"))
-    p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
-    distance = gaussian_core(p, t, "bhattacharyya", eps)
-    loss = distance if mode == "l2" else finite_pow(-torch.expm1(-distance), 0.5, eps)
+    fun = "none" if mode == "l2" else "hellinger"
+    loss = _gaussian_elementwise(where, pred, target, "bhattacharyya", fun, 0.0, box_format, angle_unit, eps)
     return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
-def _gaussian_loss(distance: torch.Tensor, fun: str, tau: float, eps: float) -> torch.Tensor:
-    """``1 - 1 / (tau + f(d))``, ``f`` in ``log1p`` and ``sqrt`` (no gradient below ``d = eps``)."""
+def gaussian_transform(distance: torch.Tensor, fun: str, tau: float, eps: float) -> torch.Tensor:
+    """The losses of a Gaussian distance ``d``: ``"hellinger"`` ``sqrt(1 - e^-d)`` (ProbIoU's
+    ``"l1"``), ``"none"`` ``d``, ``"log1p"`` and ``"sqrt"`` ``1 - 1 / (tau + f(d))`` (KLD's and
+    GWD's); the square roots have no gradient below ``eps``."""
+    if fun == "none":
+        return distance
+    if fun == "hellinger":
+        return finite_pow(-torch.expm1(-distance), 0.5, eps)
     transformed = torch.log1p(distance) if fun == "log1p" else finite_pow(distance, 0.5, eps)
     return 1.0 - 1.0 / (tau + transformed)
+
+
+def _gaussian_elementwise(
+    where: str,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    kind: str,
+    fun: str,
+    tau: float,
+    box_format: str,
+    angle_unit: str,
+    eps: float,
+) -> torch.Tensor:
+    """The elementwise loss ``gaussian_transform(gaussian_distance(pred, target, kind), fun)``, on
+    every backend by the reference composition (the native operator
+    ``torch.ops.detloss.rotated_gaussian_loss`` computes the same, but slower on CPU)."""
+    p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
+    return gaussian_transform(gaussian_core(p, t, kind, eps), fun, tau, eps)
 
 
 def kld_loss(
@@ -221,8 +244,7 @@ def kld_loss(
     where = "kld_loss"
     check_choice(where, "fun", fun, GAUSSIAN_FUNS)
     check_range(where, "tau", tau, 1.0)
-    p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
-    loss = _gaussian_loss(gaussian_core(p, t, "kld", eps), fun, tau, eps)
+    loss = _gaussian_elementwise(where, pred, target, "kld", fun, tau, box_format, angle_unit, eps)
     return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 
@@ -282,8 +304,7 @@ def gwd_loss(
     where = "gwd_loss"
     check_choice(where, "fun", fun, GAUSSIAN_FUNS)
     check_range(where, "tau", tau, 1.0)
-    p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
-    loss = _gaussian_loss(gaussian_core(p, t, "gwd", eps), fun, tau, eps)
+    loss = _gaussian_elementwise(where, pred, target, "gwd", fun, tau, box_format, angle_unit, eps)
     return reduce_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where=where)
 
 

@@ -34,9 +34,17 @@ is the one saved.
 ``undo()``. ``DetlossTrainer`` (``model.train(trainer=DetlossTrainer.configure(...))``) applies
 the patch in every process that trains: ultralytics' DDP workers rebuild the trainer from its
 class and train again, so they patch themselves; dataloader workers never compute the loss.
-Oriented boxes (``v8OBBLoss`` and its ``RotatedBboxLoss``) keep their ProbIoU term: the box
-losses here are losses of axis-aligned boxes, and an adapter for the rotated term plugs into
-the same table (:data:`BOX_TERMS`) without changing this API.
+Oriented boxes: ``v8OBBLoss`` (the OBB heads) computes its box term in ``RotatedBboxLoss``,
+``sum_fg (1 - probiou) * w / target_scores_sum`` on ``xywhr`` boxes (centre, sides, angle in
+radians, corners ``c + R(r)(+-w/2, +-h/2)``: detloss's ``cxcywha``). ``patch(box_loss=...)``
+with one of :data:`ROTATED_BOX_LOSSES` (``probiou``, ``kld``, ``gwd``, ``kfiou``,
+``rotated_iou``) replaces that term the same way, on the boxes in pixels (the angle as it is),
+keeping ultralytics' DFL, angle loss and ``target_scores_sum``. ultralytics adds
+``RotatedBboxLoss.floor = 0.01`` (squared grid units) to both variances of every box before
+its ProbIoU; detloss's ``probiou`` does not (its sides enter as ``w + eps``), so the patched
+ProbIoU term equals ultralytics' with ``floor = 0``. A box loss for the other kind of boxes
+(an axis-aligned loss for an OBB model, a rotated one for a detect, segment or pose model) is
+a :class:`~detloss.DetLossError` naming ``box_loss`` when the criterion is first adapted.
 """
 
 from __future__ import annotations
@@ -60,16 +68,23 @@ __all__ = [
     "BOX_TERMS",
     "CLASS_LOSSES",
     "PENDING_IMAGE_SIZE",
+    "ROTATED_BOX_LOSSES",
     "STATE_PREFIX",
     "BoxTerm",
     "ClassTerm",
     "Losses",
     "Patch",
+    "RotatedBoxTerm",
     "patch",
 ]
 
-#: The box losses the patch can use: every registry entry that takes pairs of boxes.
+#: The box losses of axis-aligned boxes (detect, segment and pose criteria): every registry
+#: entry that takes pairs of boxes.
 BOX_LOSSES: tuple[str, ...] = tuple(sorted(key for key, spec in LOSSES.items() if spec.inputs == "boxes"))
+#: The box losses of oriented boxes (the OBB criterion): every entry that takes rotated boxes.
+ROTATED_BOX_LOSSES: tuple[str, ...] = tuple(
+    sorted(key for key, spec in LOSSES.items() if spec.inputs == "rotated_boxes")
+)
 #: The class losses the patch can use: binary losses of logits whose target may be a soft score.
 CLASS_LOSSES: tuple[str, ...] = ("binary_cross_entropy", "quality_focal", "sigmoid_focal", "varifocal")
 #: The ``image_size`` a loss that needs one (``mpdiou``) is built with; :class:`BoxTerm` sets
@@ -80,7 +95,8 @@ STATE_PREFIX = "detloss_"
 #: Options the adapter sets itself, with the reason given when a caller passes one.
 _SET_BY_ADAPTER = {
     "reduction": "not given: the adapter sums and divides by ultralytics' target_scores_sum",
-    "box_format": "not given: ultralytics' boxes are xyxy",
+    "box_format": "not given: ultralytics' boxes are xyxy (oriented: xywhr, detloss's cxcywha)",
+    "angle_unit": "not given: ultralytics' angles are in radians",
     "image_size": "not given: the adapter passes the size of each batch's images",
 }
 
@@ -100,7 +116,8 @@ def _options(where: str, name: str, options: Mapping[str, Any] | None) -> dict[s
 class Losses:
     """Which detloss losses replace ultralytics' box and class terms, checked when made.
 
-    ``box_loss`` is one of :data:`BOX_LOSSES` or ``None`` (keep ultralytics' CIoU);
+    ``box_loss`` is one of :data:`BOX_LOSSES` (axis-aligned boxes),
+    :data:`ROTATED_BOX_LOSSES` (oriented boxes) or ``None`` (keep ultralytics' CIoU / ProbIoU);
     ``cls_loss`` one of :data:`CLASS_LOSSES` or ``None`` (keep its BCE). The options are those
     of the detloss function (``detloss.functional.<name>_loss``) except ``reduction``,
     ``box_format`` and ``image_size``, which the adapter sets. Each loss is built and called
@@ -108,7 +125,7 @@ class Losses:
     :class:`~detloss.DetLossError` now, not in the middle of training.
 
     Args:
-        box_loss: the box loss, a key of :data:`BOX_LOSSES`, or ``None``.
+        box_loss: the box loss, a key of :data:`BOX_LOSSES` or :data:`ROTATED_BOX_LOSSES`, or ``None``.
         box_options: its options, e.g. ``{"momentum": 0.01}`` for ``wiou``.
         cls_loss: the class loss, a key of :data:`CLASS_LOSSES`, or ``None``.
         cls_options: its options, e.g. ``{"alpha": 0.75, "gamma": 2.0}`` for ``varifocal``.
@@ -129,7 +146,8 @@ class Losses:
 
     def __post_init__(self) -> None:
         where = "patch"
-        choices = (("box_loss", self.box_loss, BOX_LOSSES), ("cls_loss", self.cls_loss, CLASS_LOSSES))
+        box_losses = BOX_LOSSES + ROTATED_BOX_LOSSES
+        choices = (("box_loss", self.box_loss, box_losses), ("cls_loss", self.cls_loss, CLASS_LOSSES))
         for name, value, allowed in choices:
             if value is not None and value not in allowed:
                 raise DetLossError.bad_argument(where, name, "None or one of " + ", ".join(allowed), repr(value))
@@ -156,7 +174,8 @@ class Losses:
         """Build each loss and call it once on a small valid input (in eval mode: no state moves)."""
         box = self.box_module()
         if box is not None:
-            pred = torch.tensor([[1.0, 2.0, 9.0, 7.0]])
+            rotated = self.box_loss in ROTATED_BOX_LOSSES
+            pred = torch.tensor([[5.0, 4.0, 8.0, 5.0, 0.3]]) if rotated else torch.tensor([[1.0, 2.0, 9.0, 7.0]])
             box.eval()(pred, pred + 0.5, weight=torch.ones(1))
         cls = self.cls_module()
         if cls is not None:
@@ -222,12 +241,34 @@ class BoxTerm(_Term):
         ultralytics_inputs = (pred_dist, pred_bboxes, anchor_points, target_bboxes, target_scores, target_scores_sum)
         _, loss_dfl = self.original(*ultralytics_inputs, fg_mask, imgsz, stride)
         weight = target_scores[fg_mask].sum(-1)
-        pred = (pred_bboxes * stride)[fg_mask]
-        target = (target_bboxes * stride)[fg_mask]
+        pred = self.pixels(pred_bboxes, stride)[fg_mask]
+        target = self.pixels(target_bboxes, stride)[fg_mask]
         if "image_size" in self.loss.options:
             height, width = imgsz.tolist()
             self.loss.options["image_size"] = (float(width), float(height))
         return self.loss(pred, target, weight=weight) / target_scores_sum, loss_dfl
+
+    @staticmethod
+    def pixels(boxes: torch.Tensor, stride: torch.Tensor) -> torch.Tensor:
+        """Boxes in grid units (``xyxy``) times each anchor's stride ``(A, 1)``: pixels."""
+        return boxes * stride
+
+
+class RotatedBoxTerm(BoxTerm):
+    """Replaces ``v8OBBLoss``'s ``RotatedBboxLoss``: detloss's rotated box loss, ultralytics'
+    DFL as it is.
+
+    As :class:`BoxTerm`, on ``xywhr`` boxes (detloss's ``cxcywha``, radians): the centre and
+    sides in pixels, the angle as ultralytics decodes it. ultralytics' own ProbIoU term,
+    computed on the way, is dropped.
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = ("rotated_boxes",)
+
+    @staticmethod
+    def pixels(boxes: torch.Tensor, stride: torch.Tensor) -> torch.Tensor:
+        """``xywhr`` boxes in grid units: centre and sides times the stride, the angle kept."""
+        return torch.cat((boxes[..., :4] * stride, boxes[..., 4:]), dim=-1)
 
 
 class ClassTerm(_Term):
@@ -242,7 +283,10 @@ class ClassTerm(_Term):
 
 
 #: ultralytics' box-loss classes (by module and name, exact type) and the term that replaces each.
-BOX_TERMS: dict[str, type[BoxTerm]] = {"ultralytics.utils.loss.BboxLoss": BoxTerm}
+BOX_TERMS: dict[str, type[BoxTerm]] = {
+    "ultralytics.utils.loss.BboxLoss": BoxTerm,
+    "ultralytics.utils.loss.RotatedBboxLoss": RotatedBoxTerm,
+}
 #: The class-loss modules that :class:`ClassTerm` replaces.
 CLASS_TERMS: dict[str, type[ClassTerm]] = {"torch.nn.modules.loss.BCEWithLogitsLoss": ClassTerm}
 
@@ -286,8 +330,12 @@ def _adapt(member: Any, patch: Patch) -> _Adaptation:
         record.bbox_loss = box.original
     elif losses.box_loss is not None:
         term = BOX_TERMS.get(_type_name(box))
+        if term is not None and get_spec(losses.box_loss).inputs not in term.accepts:
+            allowed = ROTATED_BOX_LOSSES if term.accepts == ("rotated_boxes",) else BOX_LOSSES
+            expected = f"a loss of the boxes of {type(member).__name__} ({', '.join(allowed)}) or None"
+            raise DetLossError.bad_argument("patch", "box_loss", expected, repr(losses.box_loss))
         module = losses.box_module()
-        if term is not None and module is not None and get_spec(losses.box_loss).inputs in term.accepts:
+        if term is not None and module is not None:
             record.bbox_loss = box
             member.bbox_loss = term(box, module)
         else:
@@ -405,7 +453,9 @@ def patch(
 
     Args:
         box_loss: one of :data:`BOX_LOSSES` (``"wiou"``, ``"siou"``, ``"eiou"``, ``"mpdiou"``,
-            ``"inner_iou"``, ``"nwd"``, ``"alpha_iou"``, ...) or ``None`` to keep the CIoU term.
+            ``"inner_iou"``, ``"nwd"``, ``"alpha_iou"``, ...) or ``None`` to keep the CIoU term;
+            for OBB models one of :data:`ROTATED_BOX_LOSSES` (``"probiou"``, ``"kld"``,
+            ``"gwd"``, ``"kfiou"``, ``"rotated_iou"``) or ``None`` to keep ProbIoU.
         cls_loss: one of :data:`CLASS_LOSSES` or ``None`` (default) to keep the BCE term.
         cls_options: options of the class loss, e.g. ``{"alpha": 0.75, "gamma": 2.0}``.
         **box_options: options of the box loss, e.g. ``momentum=0.01`` for ``wiou``.
