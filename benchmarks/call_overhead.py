@@ -22,25 +22,13 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
 import detloss
 from detloss import functional as F
+from detloss.experiments.bench import TrivialFunction as Trivial
 from detloss.testing import random_boxes
-
-
-class Trivial(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(p)
-        return (p - t).sum()
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (p,) = ctx.saved_tensors
-        return torch.ones_like(p) * g, None
 
 
 def rows_for(n: int) -> dict[str, Callable[[], None]]:

@@ -47,6 +47,7 @@ import torch
 
 from detloss._checks import check_choice
 from detloss._fused import native, ops
+from detloss.boxes import iou
 
 __all__ = [
     "BACKENDS",
@@ -58,6 +59,7 @@ __all__ = [
     "binary_loss",
     "box_loss",
     "get_backend",
+    "pairwise",
     "resolve",
     "set_backend",
     "torch_threads",
@@ -66,7 +68,7 @@ __all__ = [
 
 BACKENDS: tuple[str, ...] = ("reference", "fused", "native", "compiled")
 ENV_VAR = "DETLOSS_BACKEND"
-IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou")  # what iou_loss covers
+IOU_KINDS: tuple[str, ...] = iou.IOU_KINDS  # what iou_loss covers: every kind of aligned_iou
 BINARY_KINDS: tuple[str, ...] = ("bce", "focal", "quality", "varifocal")  # what binary_loss covers
 _chosen: str | None = None
 
@@ -128,7 +130,7 @@ def _native_loaded() -> bool:
 def resolve(device: torch.device | str = "cpu") -> str:
     """The backend a loss on ``device`` runs now (may build the native kernel once)."""
     requested = _requested(_chosen)  # reading _chosen here lets torch.compile guard on it
-    on_cpu = torch.device(device).type == "cpu"
+    on_cpu = (device if isinstance(device, torch.device) else torch.device(device)).type == "cpu"
     if requested in ("reference", "fused", "compiled"):
         return requested
     if on_cpu:
@@ -179,6 +181,7 @@ def backend_info() -> BackendInfo:
 
 _OPERATORS = {op.name: getattr(getattr(torch.ops, ops.NAMESPACE), op.name).default for op in ops.OPERATORS}
 _TORCH_PATHS = {op.name: ops.torch_function(op) for op in ops.OPERATORS if op.forward is not None}
+_PAIRWISE = getattr(getattr(torch.ops, ops.NAMESPACE), ops.PAIRWISE).default
 _compiled: dict[str, Callable[..., Any]] = {}
 _compile_failed: set[str] = set()
 
@@ -211,11 +214,13 @@ def _flat_pair(a: torch.Tensor, b: torch.Tensor, last: int) -> tuple[torch.Tenso
     """Broadcast ``a`` and ``b`` to one shape and flatten; ``None`` if dtypes or devices differ."""
     if a.dtype != b.dtype or a.dtype not in (torch.float32, torch.float64) or a.device != b.device:
         return None
-    shape = torch.broadcast_shapes(a.shape, b.shape)
-    a, b = a.expand(shape), b.expand(shape)
-    if last:
-        return a.reshape(-1, last).contiguous(), b.reshape(-1, last).contiguous(), shape
-    return a.reshape(-1).contiguous(), b.reshape(-1).contiguous(), shape
+    shape = a.shape
+    if b.shape != shape:  # the per-call cost of a small loss: no broadcasting where none is needed
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+        a, b = a.expand(shape), b.expand(shape)
+    if a.dim() != (2 if last else 1):
+        a, b = (a.reshape(-1, last), b.reshape(-1, last)) if last else (a.reshape(-1), b.reshape(-1))
+    return a.contiguous(), b.contiguous(), shape
 
 
 def box_loss(
@@ -245,6 +250,8 @@ def box_loss(
     p, t, shape = flat
     args = (p, t, kind, float(eps), bool(alpha_gate), aspect_grad == "paper", float(siou_theta))
     loss, iou = _run(backend, "iou_loss", pred.device, args)
+    if len(shape) == 2:
+        return loss, iou
     return loss.reshape(shape[:-1]), iou.reshape(shape[:-1])
 
 
@@ -263,7 +270,19 @@ def binary_loss(
         return None
     xf, yf, shape = flat
     alpha = None if alpha is None else float(alpha)
-    return _run(backend, "binary_loss", x.device, (xf, yf, kind, alpha, float(gamma))).reshape(shape)  # type: ignore[no-any-return]
+    out = _run(backend, "binary_loss", x.device, (xf, yf, kind, alpha, float(gamma)))
+    return out if len(shape) == 1 else out.reshape(shape)  # type: ignore[no-any-return]
+
+
+def pairwise(boxes1: torch.Tensor, boxes2: torch.Tensor, kind: str, eps: float) -> torch.Tensor | None:
+    """``(N, M)`` similarities of checked ``xyxy`` boxes by the native kernel, or ``None`` for the
+    reference composition: the kernel runs on CPU under the native backend, float32 or float64,
+    where no gradient is needed (the caller decides that)."""
+    if kind not in IOU_KINDS or boxes1.dtype != boxes2.dtype or boxes1.dtype not in (torch.float32, torch.float64):
+        return None
+    if boxes1.device.type != "cpu" or boxes2.device.type != "cpu" or resolve(boxes1.device) != "native":
+        return None
+    return _PAIRWISE(boxes1, boxes2, kind, float(eps))  # type: ignore[no-any-return]
 
 
 @contextmanager

@@ -81,6 +81,8 @@ def check_same_device(where: str, name_a: str, a: torch.Tensor, name_b: str, b: 
 
 
 def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size | None:
+    if a == b:  # the common case, without torch.broadcast_shapes' Python (tens of us per call)
+        return a
     try:
         return torch.broadcast_shapes(a, b)
     except RuntimeError:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from detloss import functional as F
+from detloss._backend import use_backend
 from detloss._checks import check_finite_number, check_integer
 from detloss.errors import DetLossError
 from detloss.functional.iou import _wiou_loss
@@ -168,8 +169,8 @@ def check_module_options(cls: type[LossModule], options: Mapping[str, Any]) -> N
     inputs = _probe_inputs(cls, options)
     if inputs is None:
         return
-    try:
-        with torch.no_grad():
+    try:  # on the reference backend: building a module never builds or loads the native kernel
+        with torch.no_grad(), use_backend("reference"):
             cls.function(*inputs, **cls.probe_options(options))
     except DetLossError as error:
         message, prefix = str(error), f"{cls.function.__name__}()"

@@ -1,13 +1,12 @@
-"""Build the C++ kernels (``kernels.cpp`` and ``rotated.cpp``, one library) once per machine and
-load it into the dispatcher.
+"""Build the C++ kernels (:data:`SOURCES`) once per machine and load them into the dispatcher.
 
 Loading the library registers the CPU kernels and the CPU autograd of the operators that
 :mod:`detloss._fused.ops` defines (``torch.ops.detloss.*``); until then, or where it cannot be
 built, those operators run their pure-torch kernels.
 
 The library lives in ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) in a
-folder named by a hash of exactly what the binary depends on: the source, the compiler flags,
-the torch and Python versions and the CPU it was built for (``-march=native``). Nothing else
+folder named by a hash of exactly what the binary depends on: the sources and their header, the
+compiler flags, the torch and Python versions and the CPU it was built for (``-march=native``). Nothing else
 enters the name, so a different ``ninja`` or ``PATH`` finds the same build. A library that is
 there is loaded directly (``torch.ops.load_library``: no compiler, no ninja, no rebuild); one
 that is not is built under a lock file in that folder, so that of several processes that start
@@ -35,6 +34,8 @@ import torch
 
 __all__ = [
     "FLAG_SETS",
+    "HEADERS",
+    "SOURCES",
     "available",
     "build_root",
     "extension_name",
@@ -42,21 +43,32 @@ __all__ = [
     "library_path",
     "load",
     "source_path",
+    "source_paths",
     "tried",
 ]
 
-_SOURCE = Path(__file__).with_name("kernels.cpp")
-#: Every source of the library (one build): the kernels above, then the rotated-box kernels.
-_SOURCES: tuple[Path, ...] = (_SOURCE, Path(__file__).with_name("rotated.cpp"))
+_HERE = Path(__file__).parent
+# The C++ sources compiled into the one library, each with its own TORCH_LIBRARY_IMPL blocks: a
+# new source file joins the build with one line here.
+SOURCES: tuple[str, ...] = (
+    "kernels.cpp",
+    "pairwise.cpp",
+    "rotated.cpp",
+)
+# What the sources include from this folder: part of the build's hash, not compiled alone.
+HEADERS: tuple[str, ...] = ("kernels.h",)
+_SOURCE = _HERE / SOURCES[0]
 # (compile flags, link flags), tried in order. OpenMP is what makes at::parallel_for use
 # threads inside the kernel: without -fopenmp the ATen header runs the loop on one thread.
 # A compiler without OpenMP (Apple clang) gets the single-threaded SIMD build. Never -ffast-math.
+# -fno-trapping-math lets GCC compute both sides of a branch in a vector select (without it the
+# pair loops of kernels.h do not vectorize: "control flow in loop"); it changes no value.
 # Tuples: torch's build appends its own link flags to the lists it is given. No -std flag:
 # torch's build passes the language level its headers need (C++20 from torch 2.14 on; a
 # -std=c++17 after it made every build with those headers fail).
 FLAG_SETS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
-    (("-O3", "-march=native", "-fopenmp"), ("-fopenmp",)),
-    (("-O3", "-march=native", "-fopenmp-simd"), ()),
+    (("-O3", "-march=native", "-fno-trapping-math", "-fopenmp"), ("-fopenmp",)),
+    (("-O3", "-march=native", "-fno-trapping-math", "-fopenmp-simd"), ()),
 )
 SKIP_HINT = "set DETLOSS_BACKEND=reference to skip it"
 _lock = threading.Lock()
@@ -64,7 +76,13 @@ _state: dict[str, object] = {"tried": False, "path": None, "failure": None}
 
 
 def source_path() -> Path:
+    """The first source (the operators' registrations and the aligned-pair kernels)."""
     return _SOURCE
+
+
+def source_paths() -> list[Path]:
+    """Every source compiled into the library, in :data:`SOURCES` order."""
+    return [_HERE / name for name in SOURCES]
 
 
 def _cpu_identity() -> str:
@@ -86,9 +104,11 @@ def _cpu_identity() -> str:
 
 def extension_name(flag_set: int = 0) -> str:
     """``detloss_fused_<hash>`` of the build with ``FLAG_SETS[flag_set]``: the hash covers the
-    source, the flags, the torch and Python versions and the CPU, and nothing else."""
+    sources and headers, the flags, the torch and Python versions and the CPU, and nothing else."""
     cflags, ldflags = FLAG_SETS[flag_set]
-    digest = hashlib.sha256(b"".join(source.read_bytes() for source in _SOURCES))
+    digest = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        digest.update(name.encode() + b"\0" + (_HERE / name).read_bytes() + b"\0")
     for part in (" ".join(cflags + ldflags), torch.__version__, sys.version.split()[0], _cpu_identity()):
         digest.update(b"\0" + part.encode())
     return "detloss_fused_" + digest.hexdigest()[:12]
@@ -130,9 +150,9 @@ def _why_not() -> str | None:
     from torch.utils import cpp_extension
 
     _find_ninja()
-    for source in _SOURCES:
-        if not source.is_file():
-            return f"{source.name} is missing"
+    for path in source_paths() + [_HERE / name for name in HEADERS]:
+        if not path.is_file():
+            return f"{path.name} is missing"
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         return f"no C++ compiler ({compiler}) on PATH"
@@ -173,7 +193,7 @@ def _compile(name: str, build_dir: Path, cflags: tuple[str, ...], ldflags: tuple
     try:
         path = cpp_extension.load(
             name=name,
-            sources=[str(source) for source in _SOURCES],
+            sources=[str(path) for path in source_paths()],
             extra_cflags=list(cflags),
             extra_ldflags=list(ldflags),
             build_directory=str(build_dir),

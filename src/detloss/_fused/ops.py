@@ -52,7 +52,7 @@ Adding an operator (e.g. a rotated-box loss):
    two fake kernels): it is defined, registered, given autograd and ``torch_function`` here;
 3. for a CPU kernel, write the two C++ functions in ``kernels.cpp`` and add one ``m.impl`` line
    to each of its two ``TORCH_LIBRARY_IMPL`` blocks (the autograd block reuses ``pair_autograd``);
-4. add its samples to ``opcheck_samples()`` in ``tests/test_ops.py``, and its call site to the
+4. add its samples to ``opcheck_samples()`` in ``tests/_fused/test_ops.py``, and its call site to the
    dispatch (:mod:`detloss._backend`: an entry point like ``box_loss`` that returns ``None``
    for what the operator does not cover).
 """
@@ -67,8 +67,19 @@ from typing import Any
 import torch
 
 from detloss._fused import torch_impl
+from detloss.boxes.iou import box_similarity
 
-__all__ = ["NAMESPACE", "OPERATORS", "ROTATED_OPERATORS", "Operator", "backward", "setup_context", "torch_function"]
+__all__ = [
+    "NAMESPACE",
+    "OPERATORS",
+    "PAIRWISE",
+    "PAIRWISE_SCHEMA",
+    "ROTATED_OPERATORS",
+    "Operator",
+    "backward",
+    "setup_context",
+    "torch_function",
+]
 
 NAMESPACE = "detloss"
 Tensor = torch.Tensor
@@ -216,6 +227,24 @@ ROTATED_OPERATORS: tuple[Operator, ...] = (
 OPERATORS = (*OPERATORS, *ROTATED_OPERATORS)
 
 
+# ---------------------------------------------------------------- all-pairs similarity (no autograd)
+
+PAIRWISE = "pairwise_similarity"
+PAIRWISE_SCHEMA = "(Tensor boxes1, Tensor boxes2, str kind, float eps) -> Tensor"
+"""``pairwise_similarity(boxes1 (N, 4), boxes2 (M, 4), kind, eps) -> (N, M)``: the similarity
+of :func:`detloss.boxes.iou.box_similarity` of every pair of ``xyxy`` boxes (SIoU with its
+default shape exponent 4). No autograd: :func:`detloss.boxes.pairwise_iou` calls it where no
+gradient is needed; its CPU kernel is ``pairwise.cpp``."""
+
+
+def _pairwise_similarity(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> Tensor:
+    return box_similarity(boxes1[:, None, :], boxes2[None, :, :], kind, eps)[0]
+
+
+def _pairwise_similarity_fake(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> Tensor:
+    return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
+
+
 # ---------------------------------------------------------------- the autograd rule, for every operator
 
 
@@ -287,6 +316,9 @@ def _register() -> torch.library.Library:
                 setup_context=lambda ctx, inputs, output: None,
                 lib=lib,
             )
+    lib.define(PAIRWISE + PAIRWISE_SCHEMA)
+    lib.impl(PAIRWISE, _pairwise_similarity, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"{NAMESPACE}::{PAIRWISE}", _pairwise_similarity_fake, lib=lib)
     return lib
 
 

@@ -17,7 +17,13 @@ For each loss and size ``n`` (box pairs for the IoU family and the rotated losse
   forward + backward (``impl="floor"`` rows: the floor timed alone);
 - ``ratio_vs_fastest_peer``: ``fwd_bwd_ms`` over the fastest installed peer's (``None`` if
   no peer implements that loss or none is installed: ``pip install -e .[bench]``);
-- ``compile_s`` (compiled backend): the first call's time, compilation included.
+- ``compile_s`` (compiled backend): the first call's time, compilation included;
+- the per-call floor (``impl="call-floor"`` rows): :class:`TrivialFunction` on the same inputs,
+  the least any differentiable call costs; ``ratio_vs_call_floor`` is ``fwd_bwd_ms`` over its
+  own. Sizes up to :data:`SMALL_PAIRS` box pairs / :data:`SMALL_LOGITS` logits (where a fixed
+  cost per call dominates) are also timed in a tight loop (``fwd_bwd_tight_ms``: threads kept
+  awake, as in a training loop that does nothing else) with ``ratio_tight_vs_call_floor``,
+  and with at least :data:`SMALL_REPEAT` repetitions.
 
 The rotated losses (:data:`ROTATED_LOSSES`, ``cxcywha`` pairs in radians) have no fused
 composition: their rows are the reference path (``impl="reference"``), for ProbIoU, KLD and
@@ -54,23 +60,33 @@ import torch
 
 import detloss
 from detloss import functional as F
+from detloss.boxes import IOU_KINDS
 from detloss.testing import random_boxes, random_rotated_boxes
 
 __all__ = [
     "BENCH_LOSSES",
     "BINARY_LOSSES",
     "BINARY_SIZES",
+    "CALL_FLOOR",
     "COMPILED_STEP",
     "IOU_LOSSES",
     "IOU_SIZES",
     "NUM_CLASSES",
+    "PAIRWISE_LOSSES",
+    "PAIRWISE_SIZES",
     "ROTATED_LOSSES",
     "ROTATED_NATIVE",
     "ROTATED_SIZES",
+    "SMALL_LOGITS",
+    "SMALL_PAIRS",
+    "SMALL_REPEAT",
     "STEP_SIZES",
+    "TIGHT_CALLS",
+    "TrivialFunction",
     "available_backends",
     "bench_inputs",
     "floor_copy",
+    "pairwise_peers",
     "peers",
     "prepare_backends",
     "report_markdown",
@@ -78,17 +94,44 @@ __all__ = [
     "run_bench",
 ]
 
-IOU_LOSSES = ("iou", "giou", "diou", "ciou", "eiou", "siou")
+IOU_LOSSES = IOU_KINDS
 BINARY_LOSSES = ("sigmoid_focal", "quality_focal", "varifocal", "binary_cross_entropy")
 ROTATED_LOSSES = ("probiou", "kld", "gwd", "kfiou", "rotated_iou")
 NUM_CLASSES = 80
 COMPILED_STEP = "compiled-step"
-BENCH_LOSSES = (*IOU_LOSSES, *BINARY_LOSSES, *ROTATED_LOSSES, COMPILED_STEP)
-IOU_SIZES = (10_000, 100_000, 1_000_000)  # box pairs
+PAIRWISE_LOSSES = ("pairwise-iou", "pairwise-giou", "pairwise-ciou")  # pairwise_iou of one kind
+BENCH_LOSSES = (*IOU_LOSSES, *BINARY_LOSSES, *ROTATED_LOSSES, *PAIRWISE_LOSSES, COMPILED_STEP)
+IOU_SIZES = (1_000, 10_000, 100_000, 1_000_000)  # box pairs
 ROTATED_SIZES = (100_000, 1_000_000)  # rotated box pairs
 BINARY_SIZES = (80_000, 800_000, 8_000_000)  # logits: 1,000 / 10,000 / 100,000 anchors x 80 classes
 STEP_SIZES = (1_000, 10_000, 100_000)  # anchors of the compiled step, each a box and 80 logits
+PAIRWISE_SIZES = (20_000,)  # boxes2 (M); boxes1 has M / 10 (N): an assigner's anchors x targets
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+CALL_FLOOR = "call-floor"
+#: Sizes up to these (box pairs, logits) are also timed in a tight loop, ``TIGHT_CALLS`` calls
+#: back to back, and with at least ``SMALL_REPEAT`` repetitions: a YOLO batch's positives.
+SMALL_PAIRS, SMALL_LOGITS = 10_000, 800_000
+TIGHT_CALLS = 20
+SMALL_REPEAT = 25
+
+
+class TrivialFunction(torch.autograd.Function):
+    """About the least any differentiable call costs: forward ``(p - t).sum()``, backward
+    ``ones_like(p) * g``; the per-call floor of the small sizes."""
+
+    @staticmethod
+    def forward(ctx: Any, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(p)
+        return (p - t).sum()
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (p,) = ctx.saved_tensors
+        return torch.ones_like(p) * g, None
+
+
+def _trivial(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return TrivialFunction.apply(p, t)  # type: ignore[no-any-return]
 
 
 def available_backends(device: torch.device) -> list[str]:
@@ -132,21 +175,59 @@ def rotated_backends(loss: str, names: Iterable[str]) -> list[str]:
     return [n for n in names if n == "reference" or (n == "native" and loss in ROTATED_NATIVE)]
 
 
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def peers(loss: str) -> dict[str, Fn]:
-    """Public implementations of ``loss`` that are installed (fvcore, kornia, ultralytics)."""
+    """Public implementations of ``loss`` that are installed (fvcore, kornia, torchvision,
+    ultralytics), each called as its package documents it, mean reduction where it has one
+    (ultralytics' focal and varifocal losses: its own sum over anchors of the class mean)."""
     found: dict[str, Fn] = {}
-    if loss == "probiou" and importlib.util.find_spec("ultralytics") is not None:
+    if _installed("torchvision"):
+        from torchvision import ops as tv
+
+        tv_box = {
+            "giou": tv.generalized_box_iou_loss,
+            "diou": tv.distance_box_iou_loss,
+            "ciou": tv.complete_box_iou_loss,
+        }
+        if loss in tv_box:
+            box_fn = tv_box[loss]
+            found["torchvision"] = lambda a, b: box_fn(a, b, reduction="mean")
+        if loss == "sigmoid_focal":
+            found["torchvision"] = lambda a, b: tv.sigmoid_focal_loss(a, b, alpha=0.25, gamma=2.0, reduction="mean")
+    if loss == "probiou" and _installed("ultralytics"):
         from ultralytics.utils.metrics import probiou
 
         found["ultralytics"] = lambda a, b: (1.0 - probiou(b, a)).mean()
-    if importlib.util.find_spec("fvcore") is not None:
+    if _installed("ultralytics"):
+        if loss in ("iou", "giou", "diou", "ciou"):
+            from ultralytics.utils.metrics import bbox_iou
+
+            flags = {"GIoU": loss == "giou", "DIoU": loss == "diou", "CIoU": loss == "ciou"}
+            found["ultralytics"] = lambda a, b: (1.0 - bbox_iou(a, b, xywh=False, **flags)).mean()
+        if loss == "sigmoid_focal":
+            from ultralytics.utils.loss import FocalLoss
+
+            focal = FocalLoss(gamma=2.0, alpha=0.25)
+            found["ultralytics"] = lambda a, b: focal(a, b)
+        if loss == "varifocal":
+            from ultralytics.utils.loss import VarifocalLoss
+
+            varifocal = VarifocalLoss(gamma=2.0, alpha=0.75)
+            found["ultralytics"] = lambda a, b: varifocal(a, b, (b > 0).to(b.dtype))
+    if _installed("fvcore"):
         from fvcore.nn import giou_loss, sigmoid_focal_loss
 
         if loss == "giou":
             found["fvcore"] = lambda a, b: giou_loss(a, b, reduction="mean")
         if loss == "sigmoid_focal":
             found["fvcore"] = lambda a, b: sigmoid_focal_loss(a, b, alpha=0.25, gamma=2.0, reduction="mean")
-    if importlib.util.find_spec("kornia") is not None and loss == "sigmoid_focal":
+    if _installed("kornia") and loss == "sigmoid_focal":
         from kornia.losses import binary_focal_loss_with_logits
 
         found["kornia"] = lambda a, b: binary_focal_loss_with_logits(a, b, alpha=0.25, gamma=2.0, reduction="mean")
@@ -281,9 +362,13 @@ def _measure(
     inputs: tuple[torch.Tensor, ...],
     repeat: int,
     device: torch.device,
+    tight: bool = False,
 ) -> dict[str, Any]:
     """Times of ``loss()`` and of its backward (``clear()`` drops the gradients between runs);
-    ``floor_ms`` is the floor of ``inputs`` timed in turn with the forward + backward."""
+    ``floor_ms`` is the floor of ``inputs`` timed in turn with the forward + backward; with
+    ``tight``, ``fwd_bwd_tight_ms`` is the forward + backward of :data:`TIGHT_CALLS` calls back
+    to back, per call (threads kept awake; the median of ``repeat / 4`` such bursts, at least
+    3), else ``None``."""
 
     def forward() -> None:
         loss()
@@ -295,10 +380,20 @@ def _measure(
     first = _once_s(forward_backward, device)  # warm-up (and compilation, for the compiled backend)
     (fwd,) = _median_ms(forward, repeat=repeat, device=device)
     fwd_bwd, floor = _median_ms(forward_backward, floor_copy(*inputs), repeat=repeat, device=device)
+    tight_ms = None
+    if tight:
+
+        def burst() -> None:
+            for _ in range(TIGHT_CALLS):
+                forward_backward()
+
+        (burst_ms,) = _median_ms(burst, repeat=max(3, repeat // 4), device=device)  # each of TIGHT_CALLS calls
+        tight_ms = round(burst_ms / TIGHT_CALLS, 4)
     clear()
     return {
         "fwd_ms": round(fwd, 4),
         "fwd_bwd_ms": round(fwd_bwd, 4),
+        "fwd_bwd_tight_ms": tight_ms,
         "floor_ms": round(floor, 4),
         "saved_bytes": _saved_bytes(forward),
         "peak_bytes": _peak_bytes(forward_backward, device),
@@ -306,14 +401,16 @@ def _measure(
     }
 
 
-def _time_impl(fn: Fn, pred: torch.Tensor, target: torch.Tensor, repeat: int, device: torch.device) -> dict[str, Any]:
+def _time_impl(
+    fn: Fn, pred: torch.Tensor, target: torch.Tensor, repeat: int, device: torch.device, tight: bool = False
+) -> dict[str, Any]:
     """Times of ``fn(pred, target)``, ``pred`` requiring grad as in training."""
     x = pred.detach().clone().requires_grad_(True)
 
     def clear() -> None:
         x.grad = None
 
-    return _measure(lambda: fn(x, target), clear, (pred, target), repeat, device)
+    return _measure(lambda: fn(x, target), clear, (pred, target), repeat, device, tight)
 
 
 # ---------------------------------------------------------------- the compiled training step
@@ -426,6 +523,10 @@ def run_bench(
             step_sizes = [int(n) for n in (sizes if sizes is not None else STEP_SIZES)]
             rows += _step_rows(step_sizes, names, repeat, dev, compile_backend, progress)
             continue
+        if loss in PAIRWISE_LOSSES:
+            for n in sizes if sizes is not None else PAIRWISE_SIZES:
+                rows += _pairwise_rows(loss, int(n), names, repeat, dev, with_peers, progress)
+            continue
         default = IOU_SIZES if loss in IOU_LOSSES else ROTATED_SIZES if loss in ROTATED_LOSSES else BINARY_SIZES
         chosen = rotated_backends(loss, names) if loss in ROTATED_LOSSES else names
         for n in sizes if sizes is not None else default:
@@ -444,7 +545,10 @@ def _loss_rows(
 ) -> list[dict[str, Any]]:
     """The floor, each backend and each installed peer on one loss and size."""
     pred, target = bench_inputs(loss, n, dev)
-    elements = pred.shape[0] if loss in IOU_LOSSES or loss in ROTATED_LOSSES else pred.numel()
+    pairs = loss in IOU_LOSSES or loss in ROTATED_LOSSES
+    elements = pred.shape[0] if pairs else pred.numel()
+    tight = elements <= (SMALL_PAIRS if pairs else SMALL_LOGITS)
+    repeat = max(repeat, SMALL_REPEAT) if tight else repeat
     (floor,) = _median_ms(floor_copy(pred, target), repeat=max(3 * repeat, 15), device=dev)
     group: list[dict[str, Any]] = [
         {
@@ -454,28 +558,35 @@ def _loss_rows(
             "fwd_ms": round(floor, 4),
             "fwd_bwd_ms": round(floor, 4),
             "floor_ms": round(floor, 4),
+            "fwd_bwd_tight_ms": None,
             "saved_bytes": 0,
             "peak_bytes": None,
         }
     ]
+    call_floor = {"loss": loss, "impl": CALL_FLOOR, "n": elements}
+    call_floor.update(_time_impl(_trivial, pred, target, repeat, dev, tight))
+    group.append(call_floor)
     for name in names:
         if progress:
             progress(f"{loss} n={elements} {name}")
         with detloss.use_backend(name):
-            row = {
-                "loss": loss,
-                "impl": name,
-                "n": elements,
-                **_time_impl(_ours(loss, name), pred, target, repeat, dev),
-            }
+            times = _time_impl(_ours(loss, name), pred, target, repeat, dev, tight)
+            row = {"loss": loss, "impl": name, "n": elements, **times}
         if name == "compiled":
             row["compile_s"] = row["first_call_s"]
         group.append(row)
     for peer, fn in (peers(loss) if with_peers else {}).items():
         if progress:
             progress(f"{loss} n={elements} {peer}")
-        group.append({"loss": loss, "impl": peer, "n": elements, **_time_impl(fn, pred, target, repeat, dev)})
-    peer_rows = [r for r in group if r["impl"] not in names and r["impl"] != "floor"]
+        group.append({"loss": loss, "impl": peer, "n": elements, **_time_impl(fn, pred, target, repeat, dev, tight)})
+    return _with_ratios(group, names, elements, call_floor)
+
+
+def _with_ratios(
+    group: list[dict[str, Any]], names: list[str], elements: int, call_floor: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Each row's ratios to the fastest peer's (time, peak), its floor and the call floor."""
+    peer_rows = [r for r in group if r["impl"] not in (*names, "floor", CALL_FLOOR)]
     fastest = min(peer_rows, key=lambda r: r["fwd_bwd_ms"]) if peer_rows else None
     for r in group:
         r["ratio_vs_fastest_peer"] = round(r["fwd_bwd_ms"] / fastest["fwd_bwd_ms"], 4) if fastest else None
@@ -484,8 +595,80 @@ def _loss_rows(
             round(r["peak_bytes"] / peer_peak, 4) if peer_peak and r["peak_bytes"] is not None else None
         )
         r["ratio_vs_floor"] = round(r["fwd_bwd_ms"] / r["floor_ms"], 3) if r["floor_ms"] > 0 else None
+        r["ratio_vs_call_floor"] = r["ratio_tight_vs_call_floor"] = None
+        if call_floor is not None:
+            r["ratio_vs_call_floor"] = round(r["fwd_bwd_ms"] / call_floor["fwd_bwd_ms"], 3)
+            tight_ms, tight_floor = r["fwd_bwd_tight_ms"], call_floor["fwd_bwd_tight_ms"]
+            r["ratio_tight_vs_call_floor"] = round(tight_ms / tight_floor, 3) if tight_ms and tight_floor else None
         r["saved_bytes_per_element"] = round(r["saved_bytes"] / max(elements, 1), 2)
     return group
+
+
+def pairwise_peers(kind: str) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """Installed all-pairs similarities of ``kind`` (torchvision's box_iou family)."""
+    if not _installed("torchvision"):
+        return {}
+    from torchvision import ops as tv
+
+    fns = {"iou": tv.box_iou, "giou": tv.generalized_box_iou, "diou": tv.distance_box_iou, "ciou": tv.complete_box_iou}
+    return {"torchvision": fns[kind]} if kind in fns else {}
+
+
+def _pairwise_rows(
+    loss: str,
+    n: int,
+    names: list[str],
+    repeat: int,
+    dev: torch.device,
+    with_peers: bool,
+    progress: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:
+    """``pairwise_iou`` of ``n / 10`` x ``n`` boxes (no gradient) on each backend and peer; the
+    floor writes the ``(n / 10, n)`` result once (``torch.ones``). ``n`` of a row: the pairs."""
+    kind = loss.split("-", 1)[1]
+    g = torch.Generator().manual_seed(0)
+    rows_n = max(n // 10, 1)
+    b1 = random_boxes(rows_n, generator=g, dtype=torch.float32).to(dev)
+    b2 = random_boxes(n, generator=g, dtype=torch.float32).to(dev)
+    pairs = rows_n * n
+
+    def floor() -> None:
+        torch.ones(rows_n, n, device=dev)
+
+    impls: dict[str, Callable[[], Any]] = {}
+    for name in names:
+
+        def ours(name: str = name) -> Any:
+            with torch.no_grad(), detloss.use_backend(name):
+                return detloss.boxes.pairwise_iou(b1, b2, kind)  # type: ignore[arg-type]
+
+        impls[name] = ours
+    for peer, fn in (pairwise_peers(kind) if with_peers else {}).items():
+
+        def theirs(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = fn) -> Any:
+            return fn(b1, b2)
+
+        impls[peer] = theirs
+    group: list[dict[str, Any]] = []
+    for impl, step in [("floor", floor), *impls.items()]:
+        if progress:
+            progress(f"{loss} n={pairs} {impl}")
+        step()  # warm-up
+        ms, floor_ms = _median_ms(step, floor, repeat=repeat, device=dev)
+        group.append(
+            {
+                "loss": loss,
+                "impl": impl,
+                "n": pairs,
+                "fwd_ms": round(ms, 4),
+                "fwd_bwd_ms": round(ms, 4),
+                "fwd_bwd_tight_ms": None,
+                "floor_ms": round(floor_ms, 4),
+                "saved_bytes": 0,
+                "peak_bytes": _peak_bytes(step, dev),
+            }
+        )
+    return _with_ratios(group, names, pairs, None)
 
 
 def report_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
@@ -496,23 +679,32 @@ def report_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"torch {header.get('torch_version')}, {header.get('threads')} threads, device {header.get('device')}; "
         f"median of {header.get('repeat')} runs. `floor` = copying the inputs once; `x floor` divides by the "
         "floor timed in turn with that row's forward+backward. Time ratios are forward+backward times; "
-        "`peak x peer` is peak memory growth over the fastest peer's.",
+        "`peak x peer` is peak memory growth over the fastest peer's. "
+        f"`{CALL_FLOOR}`: a trivial autograd Function on the same inputs (forward `(p - t).sum()`, backward "
+        "`ones_like(p) * g`), the least a differentiable call costs; `x call` divides by its forward+backward, "
+        f"round-robin / in a tight loop ({TIGHT_CALLS} calls back to back, small sizes only: `tight ms`). "
+        "`pairwise-*`: `pairwise_iou` of n / 10 x n boxes without gradient (n in the table: the pairs), "
+        "its floor writing the result once; no backward (both time columns are the forward).",
     ]
     losses = [r for r in rows if r["loss"] != COMPILED_STEP]
     if losses:
         lines += [
             "",
-            "| loss | impl | n | fwd ms | fwd+bwd ms | x floor | x fastest peer | saved B/elem | peak MB "
-            "| peak x peer |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| loss | impl | n | fwd ms | fwd+bwd ms | tight ms | x floor | x call | x fastest peer | saved B/elem "
+            "| peak MB | peak x peer |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
     for r in losses:
         peer = "" if r["ratio_vs_fastest_peer"] is None else f"{r['ratio_vs_fastest_peer']:.3f}"
+        tight = "" if r["fwd_bwd_tight_ms"] is None else f"{r['fwd_bwd_tight_ms']:.3f}"
+        call = "" if r["ratio_vs_call_floor"] is None else f"{r['ratio_vs_call_floor']:.2f}"
+        if r["ratio_tight_vs_call_floor"] is not None:
+            call += f" / {r['ratio_tight_vs_call_floor']:.2f}"
         peak = "" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
         peak_peer = "" if r["ratio_peak_vs_peer"] is None else f"{r['ratio_peak_vs_peer']:.3f}"
         lines.append(
-            f"| {r['loss']} | {r['impl']} | {r['n']:,} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
-            f"{r['ratio_vs_floor']:.2f} | {peer} | {r['saved_bytes_per_element']:g} | {peak} | {peak_peer} |"
+            f"| {r['loss']} | {r['impl']} | {r['n']:,} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {tight} | "
+            f"{r['ratio_vs_floor']:.2f} | {call} | {peer} | {r['saved_bytes_per_element']:g} | {peak} | {peak_peer} |"
         )
     steps = [r for r in rows if r["loss"] == COMPILED_STEP]
     if steps:

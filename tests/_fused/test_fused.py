@@ -26,6 +26,7 @@ from detloss.functional.iou import box_loss
 from detloss.testing import random_boxes
 
 BACKENDS = ["fused", "native"]
+GRAIN = 16384  # kernels.cpp's kGrain: pairs per thread task (4x as many logits)
 VARIANTS = [
     ("iou", {}),
     ("giou", {}),
@@ -414,8 +415,8 @@ def test_native_iou_loops_many_blocks_every_gradient_layout(
     """Several threads' chunks and blocks, a partial block, each upstream layout on each output."""
     need("native")
     p, t = cases(dtype)
-    reps = (3 * 2048 + 77) // p.shape[0] + 1
-    p, t = p.repeat(reps, 1)[: 3 * 2048 + 77], t.repeat(reps, 1)[: 3 * 2048 + 77]
+    size = 3 * GRAIN + 77
+    p, t = p.repeat(size // p.shape[0] + 1, 1)[:size], t.repeat(size // p.shape[0] + 1, 1)[:size]
     p = p + torch.arange(p.shape[0], dtype=dtype)[:, None] * 1e-3  # no two rows alike
     for layout_loss, layout_iou in [(a, b) for a in LAYOUTS for b in ("absent", "dense")]:
         if layout_loss == layout_iou == "absent":
@@ -444,7 +445,7 @@ def test_native_binary_loops_many_blocks_every_gradient_layout(
 ) -> None:
     need("native")
     g = torch.Generator().manual_seed(9)
-    x = torch.randn(5 * 8192 + 13, generator=g, dtype=torch.float64) * 4
+    x = torch.randn(5 * 4 * GRAIN + 13, generator=g, dtype=torch.float64) * 4
     y = torch.rand(x.shape, generator=g, dtype=torch.float64)
     y[::3] = 0.0
     for layout in ("dense", "expanded", "strided"):

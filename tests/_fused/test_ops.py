@@ -86,6 +86,8 @@ def opcheck_samples() -> list[tuple[str, tuple[object, ...]]]:
             samples.append(("binary_loss", (x.clone().requires_grad_(True), y.clone().requires_grad_(True), *options)))
             samples.append(("binary_loss", (x.clone().requires_grad_(True), y, *options)))
             samples.append(("binary_loss_backward", (x, y, torch.rand_like(x), *options, kind != "quality")))
+        for kind in ("iou", "ciou", "siou"):  # no autograd: inputs without gradient, as pairwise_iou calls it
+            samples.append(("pairwise_similarity", (p, t[:3], kind, 1e-7)))
     return samples
 
 

@@ -232,3 +232,26 @@ def test_bench_builds_before_it_times(tmp_path: Path) -> None:
     events = [line.split("event: ", 1)[1] for line in result.stderr.splitlines() if "event: " in line]
     assert events[0] == "build" and events.count("build") == 1 and len(events) > 1
     assert "'native'" in result.stdout
+
+
+MODULES_SCRIPT = textwrap.dedent(
+    """
+    import detloss
+    from detloss._fused import native
+    modules = [detloss.nn.CIoULoss(alpha_gate=True), detloss.nn.SIoULoss(), detloss.nn.SigmoidFocalLoss()]
+    print("tried", native.tried())
+    """
+)
+
+
+def test_building_modules_never_loads_the_native_kernel(tmp_path: Path) -> None:
+    """A module checks its options by running its loss once on a tiny input, on the reference
+    backend: constructing it neither builds nor loads the native kernel (a fresh process, an
+    empty build folder, the default backend)."""
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "PYTHONPATH": str(SRC), "DETLOSS_BACKEND": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", MODULES_SCRIPT], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tried False" in result.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,7 @@ import torch
 import detloss
 from detloss import functional as F
 from detloss.testing import random_rotated_boxes
-from tests.test_ops import need_native
+from tests._fused.test_ops import need_native
 
 OPS = torch.ops.detloss
 #: (loss function, its options, the operator's kind, fun, tau)
