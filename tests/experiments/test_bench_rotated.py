@@ -25,7 +25,7 @@ def test_rotated_losses_are_benched_on_the_reference_path() -> None:
     for loss in ("probiou", "rotated_iou"):
         group = [r for r in rows if r["loss"] == loss]
         native = ["native"] if loss == "probiou" and has_native else []  # no native rotated IoU, no fused path
-        expected = ["floor", "reference", *native, *(peer if loss == "probiou" else [])]
+        expected = ["floor", "call-floor", "reference", *native, *(peer if loss == "probiou" else [])]
         assert [r["impl"] for r in group] == expected
         assert all(r["n"] == 64 and r["fwd_bwd_ms"] > 0 and r["ratio_vs_floor"] > 0 for r in group)
     assert "| probiou | reference | 64 |" in report_markdown(rows, {"repeat": 1})
