@@ -7,13 +7,13 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.detloss-installed
 
-.PHONY: install demo test lint fuzz bench clean integration integration-install clean-integration
+.PHONY: install demo test lint docs fuzz bench clean integration integration-install clean-integration
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,eval,assign]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,eval,assign,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,11 +25,19 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+# `make docs`: the documentation site (Sphinx: autodoc and napoleon read the docstrings' roles,
+# math and Args:/Shape: sections as they are written; myst-parser for the Markdown guides; furo)
+# into site/, strict: a warning, a broken link or an unresolved reference is an error. Offline.
+docs: install
+	rm -rf site
+	$(BIN)/python -m sphinx -b html -W --keep-going -n -q -j 2 docs site
+	@echo "documentation: $(CURDIR)/site/index.html"
+
+test: lint docs
 	$(BIN)/python -m pytest -q -n 2
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) runs build site *.egg-info src/*.egg-info
 
 # `make integration`: tests/integration against the real ultralytics, mmengine and torchvision, in
 # a venv of its own (torch 2.14.1 + torchvision 0.29.1, ~6 GB). It lives outside the clone, named

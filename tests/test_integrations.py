@@ -189,8 +189,8 @@ def test_torchvision_drop_ins_take_integer_boxes() -> None:
     torch.testing.assert_close(iou, torch.tensor([[1.0, 0.25], [0.25, 1.0]]))
 
 
-def test_readme_lists_the_box_losses_patch_takes() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    line = re.search(r"\*\*Box losses\*\* \(`box_loss`\): `([^`]*)`", readme)
+def test_the_frameworks_guide_lists_the_box_losses_patch_takes() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "frameworks.md").read_text()
+    line = re.search(r"\*\*Box losses\*\* \(`box_loss`\): `([^`]*)`", page)
     assert line is not None
     assert [name.strip() for name in line.group(1).replace("\n", " ").split(",")] == list(dlu.BOX_LOSSES)

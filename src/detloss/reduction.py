@@ -14,6 +14,7 @@ from detloss.errors import DetLossError
 
 __all__ = ["MIN_AVG_FACTOR", "REDUCTIONS", "global_avg_factor", "reduce_loss"]
 
+#: The values of ``reduction``: ``"none"``, ``"sum"``, ``"mean"``.
 REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 #: The smallest normaliser: ``avg_factor`` below it counts as it (no positives: the plain sum).
 MIN_AVG_FACTOR = 1.0
@@ -113,7 +114,7 @@ def global_avg_factor(n: float | int | torch.Tensor) -> float | torch.Tensor:
     positives on this rank) is all-reduced so that every rank divides by the global count;
     losses normalised by it, then averaged by DDP's gradient all-reduce, give N ranks of
     batch B the same gradient as one rank of batch N*B when the caller multiplies the loss
-    by the world size (as :mod:`detloss.detection` does). Without distributed, it is
+    by the world size (as ``detloss.detection`` does). Without distributed, it is
     ``max(n, 1)``.
 
     Args:

@@ -61,6 +61,7 @@ class LossSpec:
     call_options: tuple[tuple[str, Any], ...] = ()
 
 
+#: Every loss by registry key: its function, module class, input kind and paper.
 LOSSES: dict[str, LossSpec] = {
     spec.key: spec
     for spec in (

@@ -12,8 +12,9 @@ import torch
 
 __all__ = ["NUM_CLASSES", "REG_MAX", "random_boxes", "random_rotated_boxes", "sample_inputs"]
 
-#: Classes in the sampled logits, and the largest bin of the sampled distributions (17 bins).
+#: Classes in the sampled logits.
 NUM_CLASSES = 5
+#: The largest bin of the sampled distributions (17 bins, ``0 .. REG_MAX``).
 REG_MAX = 16
 
 

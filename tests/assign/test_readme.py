@@ -1,4 +1,5 @@
-"""The README's examples of "Assigners and matching costs" run, and give what their comments say."""
+"""The examples of the guide "Assigners and matching costs" (docs/guides/assigners.md) run, and give what
+their comments say."""
 
 from __future__ import annotations
 
@@ -8,19 +9,18 @@ from typing import Any
 
 import torch
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "guides" / "assigners.md"
 
 
 def _blocks() -> list[str]:
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## Assigners and matching costs", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    text = PAGE.read_text(encoding="utf-8")
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
 def _run(code: str) -> dict[str, Any]:
     torch.manual_seed(0)
     namespace: dict[str, Any] = {}
-    exec(compile(code, str(README), "exec"), namespace)
+    exec(compile(code, str(PAGE), "exec"), namespace)
     return namespace
 
 

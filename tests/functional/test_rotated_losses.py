@@ -1,6 +1,6 @@
 """Rotated-box losses against their formulas, written here from the papers (float64, explicit
 2 x 2 matrix algebra and shapely areas); options, modules, autocast, degenerate inputs, and
-the README's example."""
+the example of the guide docs/guides/rotated.md."""
 
 from __future__ import annotations
 
@@ -204,13 +204,13 @@ def test_degenerate_inputs_finite_in_every_loss() -> None:
                     assert torch.isfinite(grad).all(), (key, options, dtype)
 
 
-def test_readme_rotated_section_runs() -> None:
-    """The README's "Rotated boxes" example, as a doctest: each printed number is checked."""
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = text.split("## Rotated boxes", 1)[1].split("\n## ", 1)[0]
+def test_rotated_guide_example_runs() -> None:
+    """The "Rotated boxes" guide's example, as a doctest: each printed number is checked."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "guides" / "rotated.md"
+    section = page.read_text()
     section = "\n".join("" if line.startswith("```") else line for line in section.splitlines())
     parser = doctest.DocTestParser()
-    test = parser.get_doctest(section, {"torch": torch, "np": np}, "README Rotated boxes", "README.md", 0)
+    test = parser.get_doctest(section, {"torch": torch, "np": np}, "Rotated boxes guide", str(page), 0)
     assert test.examples, "the section has no example"
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
     runner.run(test)

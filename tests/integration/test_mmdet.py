@@ -1,7 +1,7 @@
 """detloss.integrations.mmdet against mmengine's real registry and config system.
 
 mmdetection's own ``MODELS`` is used where ``mmdet.models`` imports; it needs mmcv's compiled
-operators, and an mmcv with them could not be installed beside torch 2.14.1 (see the README), so
+operators, and an mmcv with them could not be installed beside torch 2.14.1 (see docs/guides/frameworks.md), so
 the builds also go through a registry made as mmdetection makes its own: a child of mmengine's
 root ``MODELS`` with its own scope.
 """

@@ -1,4 +1,4 @@
-"""The README's framework examples, run as they are written, each in a fresh interpreter.
+"""The framework examples of docs/guides/frameworks.md, run as they are written, each in a fresh interpreter.
 
 A block follows a line ``<!-- example: NAME -->`` and is saved as ``NAME`` in an empty folder;
 the examples (not the config) run there. A ``# prints TEXT``
@@ -18,21 +18,22 @@ import pytest
 from tests.integration.conftest import INSTALL_HINT
 
 ROOT = Path(__file__).resolve().parents[2]
+PAGE = ROOT / "docs" / "guides" / "frameworks.md"
 EXAMPLE = re.compile(r"<!-- example: (?P<name>[\w.]+) -->\n```python\n(?P<code>.*?)\n```", re.DOTALL)
 EXPECTED = {"yolo_example.py", "mmdet_config.py", "mmdet_example.py", "torchvision_example.py"}
 NEEDS = {"yolo_example.py": "ultralytics", "mmdet_example.py": "mmengine", "torchvision_example.py": "torchvision"}
 
 
 def examples() -> dict[str, str]:
-    return {m["name"]: m["code"] + "\n" for m in EXAMPLE.finditer((ROOT / "README.md").read_text())}
+    return {m["name"]: m["code"] + "\n" for m in EXAMPLE.finditer(PAGE.read_text())}
 
 
-def test_the_readme_has_the_framework_examples() -> None:
+def test_the_page_has_the_framework_examples() -> None:
     assert set(examples()) == EXPECTED
 
 
 @pytest.mark.parametrize("name", sorted(NEEDS))
-def test_readme_example_runs(name: str, tmp_path: Path) -> None:
+def test_framework_example_runs(name: str, tmp_path: Path) -> None:
     pytest.importorskip(NEEDS[name], reason=f"{NEEDS[name]} {INSTALL_HINT}")
     for file, code in examples().items():
         (tmp_path / file).write_text(code)

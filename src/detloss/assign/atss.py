@@ -43,13 +43,13 @@ class ATSSAssigner(DenseAssigner):
        as in the authors' code) are positives;
     4. an anchor positive for several objects keeps the one of highest IoU (the first on ties).
 
-    Anchor boxes are :attr:`Anchors.boxes` when given, else squares of side
+    Anchor boxes are ``Anchors.boxes`` when given, else squares of side
     ``anchor_scale * stride`` about the points: the paper's one square anchor per location of
     scale 8S (``anchor_scale=8``); YOLOv6 and PP-YOLOE use 5. The soft target (in ``scores``)
     is the IoU of the anchor's *predicted* box with its object, the quality target of GFL
     (Li et al., NeurIPS 2020), which trains with ATSS. ``scores`` is read only for its shape.
 
-    Memory and syncs as in :mod:`detloss.assign.base`: batched over images, objects in
+    Memory and syncs as in ``detloss.assign.base``: batched over images, objects in
     bounded blocks, no host sync.
 
     Args:

@@ -275,7 +275,7 @@ def iou_cost(
 
     DETR's box-overlap cost is ``-GIoU`` (Carion et al., ECCV 2020; Rezatofighi et al., CVPR
     2019); any ``kind`` of :data:`detloss.boxes.IOU_KINDS` works, computed by the kernel of
-    :func:`detloss.boxes.pairwise_iou` (formulas in :func:`detloss.boxes.iou.box_similarity`)
+    :func:`detloss.boxes.pairwise_iou` (formulas in ``detloss.boxes.iou.box_similarity``)
     on each image's pairs. ``1 - GIoU`` (as some frameworks write it) differs by a constant
     and gives the same matching.
 

@@ -63,7 +63,7 @@ def hungarian_match(
     unmatched. The matrix moves to the host once, as float64, for the whole batch.
 
     Non-finite entries of the valid blocks (a NaN prediction, an overflowed cost) never reach
-    the solver: each becomes :data:`detloss.assign.costs.NONFINITE_COST`, and a
+    the solver: each becomes :data:`detloss.assign.NONFINITE_COST`, and a
     :class:`NonFiniteCostWarning` says how many there were. (:class:`MatchingCost` already
     replaced and counted them if it built ``cost``.)
 

@@ -75,8 +75,10 @@ class SimOTAAssigner(DenseAssigner):
         iou_weight: weight of the ``-log IoU`` cost, ``>= 0`` (YOLOX: 3).
         box_prior: the 2021 prior (see above).
 
-    Example (one object of class 0 at (8, 8), anchors every 4 px; the two predictions near it
-    overlap it, the rest do not):
+    Example:
+        One object of class 0 at (8, 8), anchors every 4 px; the two predictions near it
+        overlap it, the rest do not:
+
         >>> from detloss.assign import make_anchors
         >>> anchors = make_anchors([(4, 4)], [4])
         >>> boxes = torch.cat([anchors.points - 6, anchors.points + 6], dim=1)[None]  # 12 x 12

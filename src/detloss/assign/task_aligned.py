@@ -53,9 +53,9 @@ class TaskAlignedAssigner(DenseAssigner):
     The two ``rule`` values differ where the authors' code (``"tood"``, also mmdetection's)
     and ultralytics (``"ultralytics"``, YOLOv8) do, on purpose:
 
-    ======================  ===================================  ===================================
+    ======================  ===================================== ====================================
     step                     ``"tood"`` (default)                 ``"ultralytics"``
-    ======================  ===================================  ===================================
+    ======================  ===================================== ====================================
     top-k over               all anchors, then those outside the   anchors inside the object only
                              object (and ``t = 0``) dropped
     inside the object        centre > 0.01 from every side         > 1e-9 (sides shorter than
@@ -63,14 +63,14 @@ class TaskAlignedAssigner(DenseAssigner):
     several objects          highest ``u`` among the objects it    highest ``u`` among all objects
                              is positive for                       that contain its centre
     :math:`\epsilon`         1e-7                                  1e-9
-    ======================  ===================================  ===================================
+    ======================  ===================================== ====================================
 
     Defaults are YOLOv8's hyper-parameters (``topk=10, alpha=0.5, beta=6``, CIoU). TOOD's are
     ``topk=13, alpha=1, beta=6`` with plain IoU (:meth:`tood`); :meth:`yolov8` is
     ultralytics' assigner as its detection loss builds it (checked against ultralytics
     8.4.190, whose in-box test widens sides below the middle stride, 16 px, to 16 px).
 
-    Memory: objects are handled in blocks (see :mod:`detloss.assign.base`); nothing of size
+    Memory: objects are handled in blocks (see ``detloss.assign.base``); nothing of size
     ``B x T x A`` outlives a block. No host sync; no Python loop over images or objects.
 
     Args:
@@ -83,10 +83,12 @@ class TaskAlignedAssigner(DenseAssigner):
             widened to it about the centre (pixels; 0 = off).
 
     Call: ``assigner(scores, boxes, anchors, gt_labels, gt_boxes, gt_mask)`` with the shapes
-    of :mod:`detloss.assign.base`; returns an :class:`~detloss.assign.base.AssignResult`.
+    of ``detloss.assign.base``; returns an :class:`~detloss.assign.base.AssignResult`.
 
-    Example (one 8 x 8 object, anchors every 4 px; the predicted boxes are the anchors'
-    cells, so the four anchors inside the object overlap it by 16 / 64):
+    Example:
+        One 8 x 8 object, anchors every 4 px; the predicted boxes are the anchors' cells, so
+        the four anchors inside the object overlap it by 16 / 64:
+
         >>> from detloss.assign import make_anchors
         >>> anchors = make_anchors([(4, 4)], [4])  # 16 points, (2, 2), (6, 2), ... (14, 14)
         >>> cells = torch.cat([anchors.points - 2, anchors.points + 2], dim=1)[None]

@@ -1,7 +1,7 @@
 """One geometry kernel for every IoU kind, for aligned pairs and all-pairs matrices.
 
 Intersection, union, enclosing box, centre distance and aspect angles are computed once, in
-:func:`box_similarity`, on tensors that broadcast: ``(N, 4)`` against ``(N, 4)`` gives the
+``box_similarity``, on tensors that broadcast: ``(N, 4)`` against ``(N, 4)`` gives the
 aligned ``(N,)``; ``(n, 1, 4)`` against ``(1, M, 4)`` gives an ``(n, M)`` block of the pairwise
 matrix. Every IoU-family loss in :mod:`detloss.functional` is a few lines over this kernel.
 
@@ -37,7 +37,7 @@ __all__ = [
 
 #: The kinds of :func:`aligned_iou` and :func:`pairwise_iou`: the one list, read from the type.
 IOU_KINDS: tuple[str, ...] = get_args(IoUKind)
-#: What :func:`box_similarity` computes: the public kinds and Wise-IoU v1's similarity.
+#: What ``box_similarity`` computes: the public kinds and Wise-IoU v1's similarity.
 _KERNEL_KINDS: tuple[str, ...] = (*IOU_KINDS, "wiou")
 #: Elements of one pairwise block (rows x columns): bounds the memory of ``pairwise_iou``.
 PAIRWISE_BLOCK = 1 << 22
@@ -205,7 +205,7 @@ def aligned_iou(
     """IoU-family similarity of aligned pairs: boxes ``(..., 4)`` give ``(...,)``.
 
     ``kind`` is one of ``iou, giou, diou, ciou, eiou, siou`` (formulas in
-    :func:`box_similarity`). Shapes broadcast. Half-precision inputs are computed and
+    ``box_similarity``). Shapes broadcast. Half-precision inputs are computed and
     returned in float32 (300-pixel boxes overflow float16 areas).
 
     Args:

@@ -95,7 +95,9 @@ __all__ = [
     "rotated_outline",
 ]
 
+#: The rotated box layouts: ``cxcywha`` (centre, sides, angle) and ``xyxyxyxy`` (four corners).
 ROTATED_FORMATS: tuple[str, ...] = ("cxcywha", "xyxyxyxy")
+#: The values of ``angle_unit``: radians (the default, as ultralytics' ``xywhr``) or degrees.
 ANGLE_UNITS: tuple[str, ...] = ("rad", "deg")
 ROTATED_IOU_KINDS: tuple[str, ...] = ("iou", "giou")
 GAUSSIAN_KINDS: tuple[str, ...] = ("bhattacharyya", "kld", "gwd")

@@ -1,8 +1,8 @@
 """The run folder of ``detloss train``: ``results.json`` and the other files, the figures, ``report.md``.
 
 - ``metrics.json`` (the metrics with the configured NMS), ``results.json`` (the stable keys
-  the README lists: ``metrics``, ``losses``, ``steps``, ``world_size``, plus ``metrics_by_nms``,
-  ``anchors``, ``train_seconds``, ...), ``results.csv`` (the loss terms per step), all 0-1;
+  docs/guides/experiments.md lists: ``metrics``, ``losses``, ``steps``, ``world_size``, plus
+  ``metrics_by_nms``, ``anchors``, ``train_seconds``, ...), ``results.csv`` (the loss terms per step), all 0-1;
 - ``loss_curves.png``, ``predictions.png`` (a few validation images: ground truth dashed
   white, detections solid pink, each outlined so that it reads on any image), and
   ``report.md`` that embeds them, with COCO AP in percent.

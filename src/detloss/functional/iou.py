@@ -247,7 +247,7 @@ def ciou_loss(
     mmdetection keep it only for ``IoU > 0.5``, so the two differ for pairs whose IoU is
     exactly 0.5 (common with integer boxes, e.g. the example below). The decision is taken on
     the intersection and union areas without ``eps`` (``2 I >= U``, see
-    :func:`detloss.boxes.iou.ciou_gate`), in every backend: with the ``eps`` of the IoU's
+    ``detloss.boxes.iou.ciou_gate``), in every backend: with the ``eps`` of the IoU's
     denominator, which float32 rounds away and float64 keeps, one pair would fall on
     different sides in the two dtypes.
 

@@ -191,4 +191,5 @@ try:
 except ImportError:  # no OpenMMLab registry to join: the shells still work as modules
     MODELS: Any = None
 else:
+    #: The registry of scope ``detloss`` under mmengine's root ``MODELS`` (``None`` without mmengine).
     MODELS = register()

@@ -27,7 +27,7 @@ State (Wise-IoU v3's running mean of ``1 - IoU``) lives on the model, as buffers
 when :class:`DetlossTrainer` trains, are saved in ``last.pt`` / ``best.pt`` (in half precision,
 like every tensor of an ultralytics checkpoint) and restored on resume. The running mean moves
 only while the model is in training mode; the EMA copy that ultralytics validates with uses it
-unchanged. Each DDP rank keeps its own running mean (as :class:`detloss.WIoULoss` does); rank 0's
+unchanged. Each DDP rank keeps its own running mean (as :class:`detloss.nn.WIoULoss` does); rank 0's
 is the one saved.
 
 ``patch`` changes one method of ultralytics' ``BaseModel`` (``loss``) in this process, until
