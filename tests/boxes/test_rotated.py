@@ -15,6 +15,7 @@ import pytest
 import torch
 from shapely.geometry import Polygon
 
+from detloss import functional as F
 from detloss.boxes import (
     aligned_iou,
     convert_rotated,
@@ -578,6 +579,24 @@ def test_gaussian_distances_finite_for_degenerate_boxes() -> None:
     out = kfiou(p, boxes[:, 1])
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize("side", [1e10, 1e14, 1e18])
+def test_gwd_and_kfiou_of_huge_float32_boxes(side: float) -> None:
+    """Products of four sides overflow float32 from sides of ~1e10 (they did, to NaN): the
+    distance and the KFIoU of boxes this large match float64's matrix algebra, and the losses'
+    gradients are finite."""
+    p = [0.1 * side, 0.0, side, 0.5 * side, 0.3]
+    t = [0.0, 0.05 * side, 1.2 * side, 0.4 * side, 0.1]
+    pred = torch.tensor([p], dtype=torch.float32, requires_grad=True)
+    target = torch.tensor([t], dtype=torch.float32)
+    assert math.isclose(float(gaussian_distance(pred, target, "gwd")), ref_gaussian(p, t, "gwd"), rel_tol=1e-5)
+    assert math.isclose(float(kfiou(pred, target)), ref_kfiou(p, t), rel_tol=1e-5)
+    for loss in (F.gwd_loss, F.kfiou_loss):
+        pred.grad = None
+        value = loss(pred, target)
+        value.backward()
+        assert bool(torch.isfinite(value)) and bool(torch.isfinite(pred.grad).all()), loss.__name__
 
 
 def test_kfiou_against_the_papers_definition() -> None:

@@ -940,17 +940,29 @@ def _kl_target_pred(g: _GaussianPair) -> torch.Tensor:
     return 0.5 * (shape + centre)
 
 
+def _power_of_two_scale(*sides: torch.Tensor) -> torch.Tensor:
+    """``2^e``, ``e`` the binary exponent of the largest side (detached): dividing the sides by
+    it is exact, so a term homogeneous in the sides keeps every bit where nothing overflowed."""
+    largest = torch.stack(sides, dim=-1).detach().amax(dim=-1)
+    _, exponent = torch.frexp(largest)
+    return torch.ldexp(torch.ones_like(largest), exponent)
+
+
 def _wasserstein2(g: _GaussianPair) -> torch.Tensor:
     # Tr S_p + Tr S_t - 2 Tr (S_p^1/2 S_t S_p^1/2)^1/2 = (X - 2 sqrt(c^2 P^2 + s^2 Q^2)) / 4,
-    # written as a quotient of non-negative terms (no cancellation for near-identical boxes)
-    x = g.wp**2 + g.hp**2 + g.wt**2 + g.ht**2
-    p = g.wp * g.wt + g.hp * g.ht
-    q = g.wp * g.ht + g.hp * g.wt
-    aligned = (g.wp - g.wt) ** 2 + (g.hp - g.ht) ** 2  # x - 2p
-    crossed = (g.wp - g.ht) ** 2 + (g.hp - g.wt) ** 2  # x - 2q
+    # written as a quotient of non-negative terms (no cancellation for near-identical boxes).
+    # The quotient is of degree 2 in the sides and its parts of degree 4: computed on the sides
+    # over a power of two (exact) and scaled back, so float32 sides up to ~1e19 do not overflow.
+    scale = _power_of_two_scale(g.wp, g.hp, g.wt, g.ht)
+    wp, hp, wt, ht = g.wp / scale, g.hp / scale, g.wt / scale, g.ht / scale
+    x = wp**2 + hp**2 + wt**2 + ht**2
+    p = wp * wt + hp * ht
+    q = wp * ht + hp * wt
+    aligned = (wp - wt) ** 2 + (hp - ht) ** 2  # x - 2p
+    crossed = (wp - ht) ** 2 + (hp - wt) ** 2  # x - 2q
     root = torch.sqrt(g.cos2 * p * p + g.sin2 * q * q)
     shape = (g.cos2 * aligned * (x + 2 * p) + g.sin2 * crossed * (x + 2 * q)) / (x + 2 * root)
-    return _dot(g.delta, g.delta) + 0.25 * shape
+    return _dot(g.delta, g.delta) + 0.25 * shape * scale * scale
 
 
 def gaussian_distance(
@@ -1029,7 +1041,8 @@ def kfiou_core(pred: Frames, target: Frames, eps: float) -> torch.Tensor:
     vol_p, vol_t = g.wp * g.hp, g.wt * g.ht
     # V = 4 sqrt(det Sigma) is the box area for k = 4; the overlap Gaussian of the Kalman
     # update has det = det S_p det S_t / det(S_p + S_t): V_overlap = sqrt(V_p V_t / (4 psi))
-    overlap = torch.sqrt(vol_p * vol_t) * torch.exp(-0.5 * _log_volume_ratio(g)) * 0.5
+    # (the roots taken apart: the product of two areas overflows float32 from sides of ~1e10)
+    overlap = torch.sqrt(vol_p) * torch.sqrt(vol_t) * torch.exp(-0.5 * _log_volume_ratio(g)) * 0.5
     return overlap / (vol_p + vol_t - overlap)
 
 
