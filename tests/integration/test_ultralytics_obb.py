@@ -24,6 +24,7 @@ pytest.importorskip("ultralytics", reason=f"ultralytics {INSTALL_HINT}")
 import numpy as np
 import torch
 import ultralytics.data.utils
+import ultralytics.nn.tasks
 from PIL import Image
 from ultralytics import YOLO
 from ultralytics.cfg import get_cfg
@@ -270,3 +271,35 @@ def test_bench_times_ultralytics_probiou_as_the_peer_of_probiou() -> None:
     # the same loss: 1 - probiou is detloss's ProbIoU up to ultralytics' eps terms (sqrt(2 eps) at most)
     assert abs(float(peer(pred, target)) - float(F.probiou_loss(pred, target))) < 5e-4
     assert set(peers("kld")) == set()
+
+
+def test_detloss_obb_trainer_trains_with_the_configured_rotated_loss(tmp_path: Path) -> None:
+    """``model.train(trainer=DetlossOBBTrainer.configure("kld"))``: ultralytics' OBB trainer
+    with detloss's KLD as the box term (no explicit patch around ``train``), undone after."""
+    calls: Counter[str] = Counter()
+    original = dlu.RotatedBoxTerm.forward
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls[type(self.loss).__name__] += 1
+        return original(self, *args, **kwargs)
+
+    assert dlu.DetlossOBBTrainer.losses == dlu.Losses("probiou")
+    trainer = dlu.DetlossOBBTrainer.configure("kld", fun="sqrt", tau=2.0)
+    assert trainer.losses == dlu.Losses("kld", {"fun": "sqrt", "tau": 2.0})
+    model = YOLO("yolo11n-obb.yaml")
+    original_loss = ultralytics.nn.tasks.BaseModel.loss
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dlu.RotatedBoxTerm, "forward", counted)
+        mp.setattr(ultralytics.data.utils, "check_font", lambda *args, **kwargs: None)
+        model.train(
+            trainer=trainer,
+            data=str(_write_obb_dataset(tmp_path / "obb")),
+            project=str(tmp_path),
+            name="kld",
+            **SETTINGS,
+        )
+    assert isinstance(model.trainer, dlu.DetlossOBBTrainer)
+    losses = {k: float(v) for k, v in model.trainer.label_loss_items(model.trainer.tloss, prefix="train").items()}
+    assert all(math.isfinite(v) for v in losses.values()) and losses["train/box_loss"] > 0, losses
+    assert calls["KLDLoss"] >= TRAIN_IMAGES // BATCH and set(calls) == {"KLDLoss"}, calls
+    assert ultralytics.nn.tasks.BaseModel.loss is original_loss  # the trainer's patch is undone after training

@@ -485,34 +485,21 @@ def _copy_state(source: nn.Module, destination: nn.Module) -> None:
                 target.copy_(buffer)
 
 
-def _build_trainer_class() -> type:
-    from ultralytics.models.yolo.detect import DetectionTrainer
+def _build_trainer_class(base: type, name: str, default: Losses, doc: str) -> type:
     from ultralytics.utils.torch_utils import unwrap_model
 
-    class DetlossTrainer(DetectionTrainer):  # type: ignore[misc, valid-type]
-        """ultralytics' ``DetectionTrainer`` with detloss's losses, in every process that trains.
-
-        ``model.train(trainer=DetlossTrainer.configure(box_loss="wiou"), ...)``: the configured
-        class carries its :class:`Losses` (``DetlossTrainer`` itself: Wise-IoU v3, the defaults of
-        :func:`patch`). ``train()`` applies the patch around ultralytics' training, in this
-        process and in each DDP worker (which rebuilds the trainer from its class). Before
-        ultralytics copies the model into its EMA, the criterion is built and the losses' state
-        registered on the model, so that checkpoints hold it; after each optimizer step the
-        EMA copy takes the live state (not an average of it); a model loaded from a checkpoint
-        (``resume``, or weights to fine-tune) starts from the state saved in it.
-        """
-
-        losses: ClassVar[Losses] = Losses()
+    class Trainer(base):  # type: ignore[misc, valid-type]
+        losses: ClassVar[Losses] = default
 
         @classmethod
         def configure(
             cls,
-            box_loss: str | None = "wiou",
+            box_loss: str | None = default.box_loss,
             cls_loss: str | None = None,
             *,
             cls_options: Mapping[str, Any] | None = None,
             **box_options: Any,
-        ) -> type[DetlossTrainer]:
+        ) -> type[Trainer]:
             """A subclass that trains with these losses (arguments as :func:`patch`)."""
             losses = Losses(box_loss, box_options, cls_loss, _options("patch", "cls_options", cls_options))
             name = f"{cls.__name__}_{box_loss}_{cls_loss}"
@@ -525,9 +512,9 @@ def _build_trainer_class() -> type:
         def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> Any:
             model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
             if isinstance(weights, nn.Module):
-                for name, buffer in weights.named_buffers(recurse=False):
-                    if name.startswith(STATE_PREFIX):
-                        model.register_buffer(name, buffer.detach().float().clone())
+                for key, buffer in weights.named_buffers(recurse=False):
+                    if key.startswith(STATE_PREFIX):
+                        model.register_buffer(key, buffer.detach().float().clone())
             return model
 
         def set_class_weights(self) -> None:
@@ -542,18 +529,47 @@ def _build_trainer_class() -> type:
             if self.ema is not None:
                 _copy_state(unwrap_model(self.model), self.ema.ema)
 
-    DetlossTrainer.__module__ = __name__
-    DetlossTrainer.__qualname__ = "DetlossTrainer"  # so that pickle finds it as module.DetlossTrainer
-    return DetlossTrainer
+    Trainer.__name__ = Trainer.__qualname__ = name  # so that pickle finds it as module.<name>
+    Trainer.__module__ = __name__
+    Trainer.__doc__ = doc
+    return Trainer
+
+
+_TRAINER_DOC = """ultralytics' ``{base}`` with detloss's losses, in every process that trains.
+
+``model.train(trainer={name}.configure(box_loss="{loss}"), ...)``: the configured class
+carries its :class:`Losses` (``{name}`` itself: {default}). ``train()`` applies the patch
+around ultralytics' training, in this process and in each DDP worker (which rebuilds the
+trainer from its class). Before ultralytics copies the model into its EMA, the criterion is
+built and the losses' state registered on the model, so that checkpoints hold it; after each
+optimizer step the EMA copy takes the live state (not an average of it); a model loaded from a
+checkpoint (``resume``, or weights to fine-tune) starts from the state saved in it.
+"""
 
 
 @functools.cache
-def _trainer_class() -> type:
+def _trainer_class(name: str) -> type:
     _import_ultralytics()
-    return _build_trainer_class()
+    if name == "DetlossOBBTrainer":
+        from ultralytics.models.yolo.obb import OBBTrainer
+
+        doc = _TRAINER_DOC.format(
+            base="OBBTrainer",
+            name=name,
+            loss="probiou",
+            default="ProbIoU, the Hellinger distance of :func:`patch`'s defaults",
+        )
+        return _build_trainer_class(OBBTrainer, name, Losses("probiou"), doc)
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    doc = _TRAINER_DOC.format(
+        base="DetectionTrainer", name=name, loss="wiou", default="Wise-IoU v3, the defaults of :func:`patch`"
+    )
+    return _build_trainer_class(DetectionTrainer, name, Losses(), doc)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "DetlossTrainer":  # built on first use: it subclasses ultralytics' DetectionTrainer
-        return _trainer_class()
+    # built on first use: they subclass ultralytics' DetectionTrainer / OBBTrainer
+    if name in ("DetlossTrainer", "DetlossOBBTrainer"):
+        return _trainer_class(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
