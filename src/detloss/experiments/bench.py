@@ -113,6 +113,15 @@ CALL_FLOOR = "call-floor"
 SMALL_PAIRS, SMALL_LOGITS = 10_000, 800_000
 TIGHT_CALLS = 20
 SMALL_REPEAT = 25
+#: A call whose warm-up takes longer than this is timed :data:`SLOW_REPEAT` times at most (the
+#: reference's all-pairs and rotated rows), so that a default run stays within minutes.
+SLOW_CALL_S, SLOW_REPEAT = 1.0, 3
+
+
+def _runs_for(first_s: float, repeat: int) -> int:
+    """Timed runs of a row whose warm-up call took ``first_s`` seconds: ``repeat``, or at most
+    :data:`SLOW_REPEAT` for a call slower than :data:`SLOW_CALL_S`."""
+    return min(repeat, SLOW_REPEAT) if first_s > SLOW_CALL_S else repeat
 
 
 class TrivialFunction(torch.autograd.Function):
@@ -378,6 +387,8 @@ def _measure(
         loss().backward()
 
     first = _once_s(forward_backward, device)  # warm-up (and compilation, for the compiled backend)
+    if first > SLOW_CALL_S:  # a second warm-up: the first may have compiled
+        repeat = _runs_for(_once_s(forward_backward, device), repeat)
     (fwd,) = _median_ms(forward, repeat=repeat, device=device)
     fwd_bwd, floor = _median_ms(forward_backward, floor_copy(*inputs), repeat=repeat, device=device)
     tight_ms = None
@@ -398,6 +409,7 @@ def _measure(
         "saved_bytes": _saved_bytes(forward),
         "peak_bytes": _peak_bytes(forward_backward, device),
         "first_call_s": round(first, 3),
+        "runs": repeat,
     }
 
 
@@ -653,8 +665,8 @@ def _pairwise_rows(
     for impl, step in [("floor", floor), *impls.items()]:
         if progress:
             progress(f"{loss} n={pairs} {impl}")
-        step()  # warm-up
-        ms, floor_ms = _median_ms(step, floor, repeat=repeat, device=dev)
+        runs = _runs_for(_once_s(step, dev), repeat)  # the first call warms up
+        ms, floor_ms = _median_ms(step, floor, repeat=runs, device=dev)
         group.append(
             {
                 "loss": loss,
@@ -666,6 +678,7 @@ def _pairwise_rows(
                 "floor_ms": round(floor_ms, 4),
                 "saved_bytes": 0,
                 "peak_bytes": _peak_bytes(step, dev),
+                "runs": runs,
             }
         )
     return _with_ratios(group, names, pairs, None)
@@ -677,7 +690,8 @@ def report_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "# detloss bench",
         "",
         f"torch {header.get('torch_version')}, {header.get('threads')} threads, device {header.get('device')}; "
-        f"median of {header.get('repeat')} runs. `floor` = copying the inputs once; `x floor` divides by the "
+        f"median of {header.get('repeat')} runs ({SLOW_REPEAT} where a call takes over {SLOW_CALL_S:g} s: "
+        "`*` after its time). `floor` = copying the inputs once; `x floor` divides by the "
         "floor timed in turn with that row's forward+backward. Time ratios are forward+backward times; "
         "`peak x peer` is peak memory growth over the fastest peer's. "
         f"`{CALL_FLOOR}`: a trivial autograd Function on the same inputs (forward `(p - t).sum()`, backward "
@@ -702,8 +716,9 @@ def report_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
             call += f" / {r['ratio_tight_vs_call_floor']:.2f}"
         peak = "" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
         peak_peer = "" if r["ratio_peak_vs_peer"] is None else f"{r['ratio_peak_vs_peer']:.3f}"
+        few = "*" if r.get("runs", 0) and r["runs"] < (header.get("repeat") or 0) else ""
         lines.append(
-            f"| {r['loss']} | {r['impl']} | {r['n']:,} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {tight} | "
+            f"| {r['loss']} | {r['impl']} | {r['n']:,} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f}{few} | {tight} | "
             f"{r['ratio_vs_floor']:.2f} | {call} | {peer} | {r['saved_bytes_per_element']:g} | {peak} | {peak_peer} |"
         )
     steps = [r for r in rows if r["loss"] == COMPILED_STEP]
