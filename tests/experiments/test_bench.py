@@ -31,3 +31,26 @@ def test_fast_rows_keep_the_asked_repeat() -> None:
     report = bench.report_markdown(rows, {"repeat": 4, "threads": 1, "device": "cpu"})
     line = next(x for x in report.splitlines() if x.startswith("| iou | reference |"))
     assert "*" not in line
+
+
+def test_fast_path_tables_divide_within_the_run() -> None:
+    """benchmarks/fast_path_tables.py on hand-made rows: 2 ms native over a 0.5 ms floor is 4x;
+    a 10 ms peer is 5x the native and 2x the 5 ms reference."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "fast_path_tables.py"
+    spec = importlib.util.spec_from_file_location("fast_path_tables", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(impl: str, ms: float, tight: float | None = None) -> dict[str, object]:
+        return {"loss": "ciou", "n": 1000, "impl": impl, "fwd_bwd_ms": ms, "floor_ms": 0.5, "fwd_bwd_tight_ms": tight}
+
+    rows = [row("native", 2.0, 1.5), row("reference", 5.0), row("call-floor", 1.0, 0.5), row("ultralytics", 10.0)]
+    text = module.tables({"rows": rows, "torch_version": "x", "threads": 2, "args": {"repeat": 7}})
+    (line,) = [x for x in text.splitlines() if x.startswith("| ciou |")]
+    assert [c.strip() for c in line.strip("|").split("|")] == [
+        "ciou", "1,000", "2 ms", "4.00x", "2.00x / 3.00x", "5 ms", "ultralytics 10 ms", "5.00x", "2.00x"
+    ]  # fmt: skip
