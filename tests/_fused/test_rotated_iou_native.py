@@ -64,7 +64,7 @@ def test_5000_random_pairs_against_shapely(kind: str) -> None:
     exact32 = torch.tensor([shapely_iou(p, t, kind) for p, t in zip(p32.tolist(), t32.tolist())], dtype=torch.float64)
     got32 = native(p32, t32, kind, 1e-30)[0]
     assert got32.dtype == torch.float32
-    assert (got32.double() - exact32).abs().max().item() < 3e-7
+    assert (got32.double() - exact32).abs().max().item() < 1e-7  # the float32 composition: ~2e-7
 
 
 @pytest.mark.parametrize("name", sorted(DEGENERATE))
