@@ -74,6 +74,10 @@ __all__ = [
     "OPERATORS",
     "PAIRWISE",
     "PAIRWISE_SCHEMA",
+    "PAIRWISE_ROTATED",
+    "PAIRWISE_ROTATED_SCHEMA",
+    "ROTATED_IOU",
+    "ROTATED_IOU_OPERATORS",
     "ROTATED_OPERATORS",
     "Operator",
     "backward",
@@ -293,33 +297,36 @@ def torch_function(op: Operator) -> type[torch.autograd.Function]:
 def _register() -> torch.library.Library:
     lib = torch.library.Library(NAMESPACE, "DEF")
     for op in OPERATORS:
-        backward_name = op.name + "_backward"
-        lib.define(op.name + op.schema)
-        lib.define(backward_name + op.backward_schema)
-        if op.forward is not None and op.backward is not None:
-            lib.impl(op.name, op.forward, "CompositeExplicitAutograd")
-            lib.impl(backward_name, op.backward, "CompositeExplicitAutograd")
-        torch.library.register_fake(f"{NAMESPACE}::{op.name}", op.fake, lib=lib)
-        torch.library.register_fake(f"{NAMESPACE}::{backward_name}", op.fake_backward, lib=lib)
-        backward_op = getattr(getattr(torch.ops, NAMESPACE), backward_name).default
-
-        def autograd_backward(ctx: Any, *grads: Any, _op: Any = backward_op) -> Any:
-            return backward(ctx, grads, _op)
-
-        torch.library.register_autograd(
-            f"{NAMESPACE}::{op.name}", autograd_backward, setup_context=setup_context, lib=lib
-        )
-        if op.forward is None:  # native only: the backward has no derivative, and says so
-            torch.library.register_autograd(
-                f"{NAMESPACE}::{backward_name}",
-                functools.partial(_no_second_derivative, backward_name),
-                setup_context=lambda ctx, inputs, output: None,
-                lib=lib,
-            )
+        _define(lib, op)
     lib.define(PAIRWISE + PAIRWISE_SCHEMA)
     lib.impl(PAIRWISE, _pairwise_similarity, "CompositeExplicitAutograd")
     torch.library.register_fake(f"{NAMESPACE}::{PAIRWISE}", _pairwise_similarity_fake, lib=lib)
     return lib
+
+
+def _define(lib: torch.library.Library, op: Operator) -> None:
+    """Define ``op`` and its backward in ``lib``, with their kernels, fake kernels and autograd."""
+    backward_name = op.name + "_backward"
+    lib.define(op.name + op.schema)
+    lib.define(backward_name + op.backward_schema)
+    if op.forward is not None and op.backward is not None:
+        lib.impl(op.name, op.forward, "CompositeExplicitAutograd")
+        lib.impl(backward_name, op.backward, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"{NAMESPACE}::{op.name}", op.fake, lib=lib)
+    torch.library.register_fake(f"{NAMESPACE}::{backward_name}", op.fake_backward, lib=lib)
+    backward_op = getattr(getattr(torch.ops, NAMESPACE), backward_name).default
+
+    def autograd_backward(ctx: Any, *grads: Any, _op: Any = backward_op) -> Any:
+        return backward(ctx, grads, _op)
+
+    torch.library.register_autograd(f"{NAMESPACE}::{op.name}", autograd_backward, setup_context=setup_context, lib=lib)
+    if op.forward is None:  # native only: the backward has no derivative, and says so
+        torch.library.register_autograd(
+            f"{NAMESPACE}::{backward_name}",
+            functools.partial(_no_second_derivative, backward_name),
+            setup_context=lambda ctx, inputs, output: None,
+            lib=lib,
+        )
 
 
 def _no_second_derivative(name: str, ctx: Any, *grads: Any) -> Any:
@@ -327,3 +334,64 @@ def _no_second_derivative(name: str, ctx: Any, *grads: Any) -> Any:
 
 
 _LIBRARY = _register()
+
+
+# ---------------------------------------------------------------- rotated boxes: exact IoU / GIoU (rotated_iou.cpp)
+
+ROTATED_IOU = "rotated_box_iou"
+"""``rotated_box_iou(pred (N, 5), target (N, 5), kind, eps) -> (similarity, iou)``: the IoU
+(``kind="iou"``) or GIoU (``"giou"``) of aligned ``cxcywha`` pairs (radians) and their IoU, as
+:func:`detloss.boxes.rotated.rotated_box_similarity` returns them; its backward is
+``rotated_box_iou_backward(pred, target, grad_similarity?, grad_iou?, kind, eps, target_grad)``.
+C++ kernels only (``rotated_iou.cpp``): it exists where the native library is loaded."""
+PAIRWISE_ROTATED = "pairwise_rotated_iou"
+PAIRWISE_ROTATED_SCHEMA = "(Tensor boxes1, Tensor boxes2, str kind, float eps) -> Tensor"
+"""``pairwise_rotated_iou(boxes1 (N, 5), boxes2 (M, 5), kind, eps) -> (N, M)``: the similarity of
+every pair of ``cxcywha`` boxes, no autograd (:func:`detloss.boxes.pairwise_rotated_iou` and
+:func:`detloss.boxes.rotated_nms` call it where no gradient is needed); C++ kernel only."""
+
+
+def _check_rotated_iou_pairs(pred: Tensor, target: Tensor) -> None:
+    torch._check(pred.dim() == 2 and pred.shape[1] == 5, lambda: "detloss::rotated_box_iou: pred of shape (N, 5)")
+    torch._check(target.shape == pred.shape, lambda: "detloss::rotated_box_iou: target of pred's shape")
+
+
+def _rotated_box_iou_fake(pred: Tensor, target: Tensor, *options: Any) -> tuple[Tensor, Tensor]:
+    _check_rotated_iou_pairs(pred, target)
+    return pred.new_empty(pred.shape[:1]), pred.new_empty(pred.shape[:1])
+
+
+def _rotated_box_iou_backward_fake(pred: Tensor, target: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+    _check_rotated_iou_pairs(pred, target)
+    return torch.empty_like(pred), torch.empty_like(target) if args[-1] else pred.new_empty(0)
+
+
+def _pairwise_rotated_fake(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float) -> Tensor:
+    return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
+
+
+ROTATED_IOU_OPERATORS: tuple[Operator, ...] = (
+    Operator(
+        name=ROTATED_IOU,
+        schema="(Tensor pred, Tensor target, str kind, float eps) -> (Tensor, Tensor)",
+        backward_schema="(Tensor pred, Tensor target, Tensor? grad_similarity, Tensor? grad_iou, str kind, "
+        "float eps, bool target_grad) -> (Tensor, Tensor)",
+        forward=None,
+        backward=None,
+        fake=_rotated_box_iou_fake,
+        fake_backward=_rotated_box_iou_backward_fake,
+    ),
+)
+OPERATORS = (*OPERATORS, *ROTATED_IOU_OPERATORS)
+
+
+def _register_rotated_iou() -> torch.library.Library:
+    lib = torch.library.Library(NAMESPACE, "FRAGMENT")
+    for op in ROTATED_IOU_OPERATORS:
+        _define(lib, op)
+    lib.define(PAIRWISE_ROTATED + PAIRWISE_ROTATED_SCHEMA)
+    torch.library.register_fake(f"{NAMESPACE}::{PAIRWISE_ROTATED}", _pairwise_rotated_fake, lib=lib)
+    return lib
+
+
+_ROTATED_IOU_LIBRARY = _register_rotated_iou()

@@ -93,6 +93,7 @@ __all__ = [
     "rotated_iou",
     "rotated_nms",
     "rotated_outline",
+    "rotated_similarity",
 ]
 
 #: The rotated box layouts: ``cxcywha`` (centre, sides, angle) and ``xyxyxyxy`` (four corners).
@@ -628,6 +629,23 @@ def prepare_rotated_pair(
     broadcast: bool = True,
 ) -> tuple[Frames, Frames]:
     """Check two rotated box tensors and return their frames, float32 or wider, one dtype."""
+    dtype = check_rotated_pair(where, pred, target, box_format, angle_unit, eps, names=names, broadcast=broadcast)
+    frames = (rotated_frames(t.to(dtype), box_format, angle_unit) for t in (pred, target))
+    return next(frames), next(frames)
+
+
+def check_rotated_pair(
+    where: str,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    box_format: str,
+    angle_unit: str,
+    eps: float,
+    *,
+    names: tuple[str, str] = ("pred", "target"),
+    broadcast: bool = True,
+) -> torch.dtype:
+    """Check two rotated box tensors (:func:`prepare_rotated_pair`); their common dtype, float32 or wider."""
     check_choice(where, "box_format", box_format, ROTATED_FORMATS)
     check_choice(where, "angle_unit", angle_unit, ANGLE_UNITS)
     check_rotated_boxes(where, names[0], pred, box_format)
@@ -641,9 +659,49 @@ def prepare_rotated_pair(
             raise DetLossError.bad_argument(
                 where, names[1], f"a shape that broadcasts with `{names[0]}` {tuple(pred.shape)}", tuple(target.shape)
             ) from None
-    dtype = torch.promote_types(upcast(pred).dtype, upcast(target).dtype)
-    frames = (rotated_frames(t.to(dtype), box_format, angle_unit) for t in (pred, target))
-    return next(frames), next(frames)
+    return torch.promote_types(upcast(pred).dtype, upcast(target).dtype)
+
+
+def _native_ready(*boxes: torch.Tensor, box_format: str) -> bool:
+    """Whether the native operators take these boxes: ``cxcywha`` on CPU under the native backend."""
+    if box_format != "cxcywha" or any(b.device.type != "cpu" for b in boxes):
+        return False
+    from detloss import _backend  # here: the dispatch imports detloss.boxes
+
+    return _backend.resolve(boxes[0].device) == "native"
+
+
+def _radians(boxes: torch.Tensor, dtype: torch.dtype, angle_unit: str) -> torch.Tensor:
+    boxes = boxes.to(dtype)
+    if angle_unit == "rad":
+        return boxes
+    return torch.cat((boxes[..., :4], boxes[..., 4:] * _angle_scale(angle_unit)), dim=-1)
+
+
+def rotated_similarity(
+    where: str,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    kind: str,
+    box_format: str,
+    angle_unit: str,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked ``(similarity, iou)`` of :func:`rotated_box_similarity` for raw box tensors that
+    broadcast: by the native operator ``torch.ops.detloss.rotated_box_iou`` (``cxcywha`` on CPU
+    under the native backend: forward and backward in C++, in double), else the reference."""
+    check_choice(where, "kind", kind, ROTATED_IOU_KINDS)
+    dtype = check_rotated_pair(where, pred, target, box_format, angle_unit, eps)
+    if _native_ready(pred, target, box_format=box_format):
+        p, t = _radians(pred, dtype, angle_unit), _radians(target, dtype, angle_unit)
+        shape = torch.broadcast_shapes(p.shape, t.shape)
+        if p.shape != shape or t.shape != shape:
+            p, t = p.expand(shape), t.expand(shape)
+        flat_p, flat_t = p.reshape(-1, 5).contiguous(), t.reshape(-1, 5).contiguous()
+        similarity, iou = torch.ops.detloss.rotated_box_iou(flat_p, flat_t, kind, float(eps))
+        return similarity.reshape(shape[:-1]), iou.reshape(shape[:-1])
+    frames = (rotated_frames(b.to(dtype), box_format, angle_unit) for b in (pred, target))
+    return rotated_box_similarity(next(frames), next(frames), kind, eps)
 
 
 def rotated_iou(
@@ -686,10 +744,7 @@ def rotated_iou(
         >>> rotated_iou(a, torch.tensor([3.0, 0.0, 2.0, 2.0, 0.0]), kind="giou")  # hull 5 x 2, union 8: -2/10
         tensor(-0.2000)
     """
-    where = "rotated_iou"
-    check_choice(where, "kind", kind, ROTATED_IOU_KINDS)
-    p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
-    return rotated_box_similarity(p, t, kind, eps)[0]
+    return rotated_similarity("rotated_iou", pred, target, kind, box_format, angle_unit, eps)[0]
 
 
 def pairwise_rotated_iou(
@@ -731,6 +786,13 @@ def pairwise_rotated_iou(
         if b.dim() != 2:
             size = boxes1.shape[-1] if isinstance(boxes1, torch.Tensor) else 5
             raise DetLossError.bad_argument(where, name, f"shape (N, {size})", f"shape {tuple(b.shape)}")
+    grad = boxes1.requires_grad or boxes2.requires_grad
+    if not grad and _native_ready(boxes1, boxes2, box_format=box_format):
+        dtype = check_rotated_pair(
+            where, boxes1, boxes2, box_format, angle_unit, eps, names=("boxes1", "boxes2"), broadcast=False
+        )
+        b1, b2 = _radians(boxes1, dtype, angle_unit), _radians(boxes2, dtype, angle_unit)
+        return torch.ops.detloss.pairwise_rotated_iou(b1, b2, kind, float(eps))  # type: ignore[no-any-return]
     f1, f2 = prepare_rotated_pair(
         where, boxes1, boxes2, box_format, angle_unit, eps, names=("boxes1", "boxes2"), broadcast=False
     )
@@ -740,7 +802,6 @@ def pairwise_rotated_iou(
         return rotated_box_similarity(f1.select((rows, None)), right, kind, eps)[0]
 
     n, m = f1.sides.shape[0], f2.sides.shape[0]
-    grad = boxes1.requires_grad or boxes2.requires_grad
     return pairwise_blocks(block, n, m, ROTATED_PAIRWISE_BLOCK, like=f1.sides, grad=grad)
 
 
@@ -838,8 +899,21 @@ def rotated_nms(
     check_range(where, "iou_threshold", iou_threshold, 0.0, 1.0)
     with torch.no_grad():
         order = torch.sort(scores.detach(), descending=True, stable=True).indices
-        frames = rotated_frames(upcast(boxes.detach())[order], box_format, angle_unit)
         n = order.shape[0]
+        ordered = upcast(boxes.detach())[order]
+        if _native_ready(boxes, box_format=box_format):  # one native IoU row per kept box
+            radians = _radians(ordered, ordered.dtype, angle_unit).contiguous()
+
+            def row(i: int) -> torch.Tensor:
+                return torch.ops.detloss.pairwise_rotated_iou(radians[i : i + 1], radians[i + 1 :], "iou", 1e-7)[0]
+
+        else:
+            frames = rotated_frames(ordered, box_format, angle_unit)
+
+            def row(i: int) -> torch.Tensor:
+                best, rest = frames.select((slice(i, i + 1),)), frames.select((slice(i + 1, None),))
+                return rotated_box_similarity(best, rest, "iou", 1e-7)[0]
+
         removed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
         keep: list[int] = []
         for i in range(n):
@@ -847,9 +921,7 @@ def rotated_nms(
                 continue
             keep.append(i)
             if i + 1 < n:
-                best, rest = frames.select((slice(i, i + 1),)), frames.select((slice(i + 1, None),))
-                row = rotated_box_similarity(best, rest, "iou", 1e-7)[0]
-                removed[i + 1 :] |= row > iou_threshold
+                removed[i + 1 :] |= row(i) > iou_threshold
         return order[torch.tensor(keep, dtype=torch.int64, device=boxes.device)]
 
 

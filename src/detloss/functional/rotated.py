@@ -23,7 +23,7 @@ from detloss.boxes.rotated import (
     gaussian_core,
     kfiou_core,
     prepare_rotated_pair,
-    rotated_box_similarity,
+    rotated_similarity,
 )
 from detloss.functional._math import finite_pow
 from detloss.functional.regression import smooth_l1_loss
@@ -88,8 +88,7 @@ def rotated_iou_loss(
     where = "rotated_iou_loss"
     check_choice(where, "kind", kind, ROTATED_IOU_KINDS)
     check_choice(where, "mode", mode, ("linear", "log"))
-    p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
-    similarity, iou = rotated_box_similarity(p, t, kind, eps)
+    similarity, iou = rotated_similarity(where, pred, target, kind, box_format, angle_unit, eps)
     if mode == "log":
         loss = -torch.log(iou.clamp(min=eps)) + (iou - similarity)
     else:
