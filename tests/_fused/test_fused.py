@@ -271,6 +271,9 @@ BINARY = [
     ("quality", None, 1.0),
     ("varifocal", 0.75, 2.0),
     ("varifocal", 0.5, 3.0),
+    ("focal", 0.25, 3.0),  # a general exponent with alpha: the vectorized pow and the alpha factor
+    ("quality", None, 1.5),
+    ("varifocal", 0.75, 1.0),
 ]
 BINARY_IDS = [f"{k}-{a}-{g}" for k, a, g in BINARY]
 
@@ -460,6 +463,43 @@ def test_native_binary_loops_many_blocks_every_gradient_layout(
             assert (ys.grad is None) == (not target_grad)
             if target_grad:
                 torch.testing.assert_close(ys.grad, yr.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 1.5, 2.0, 3.0, 7.5])
+def test_native_binary_general_exponent_limits(gamma: float, dtype: torch.dtype) -> None:
+    """The kernel's pow (exp of gamma log m, branch-free) at its limits: m = 0 exactly
+    (saturated logits), m = 1, m below the smallest normal number, gamma 0 (no factor) and 1;
+    values and gradients against the float64 formula, every one finite."""
+    need("native")
+    # logits where p (or 1 - p) is 0, 1, at the smallest normal number of float32 / float64, or
+    # ordinary; hard and soft targets
+    x = torch.tensor([1e4, -1e4, 200.0, -200.0, 87.3, -87.3, 708.3, -708.3, 0.0, 3.0, -3.0, 0.5], dtype=torch.float64)
+    x = x.repeat(3)
+    y = torch.cat((torch.ones(12), torch.zeros(12), torch.full((12,), 0.5))).double()
+    x = x.to(dtype).repeat(700)  # several vector blocks, and a tail
+    y = y.to(dtype).repeat(700)
+    for kind, alpha in (("focal", 0.25), ("focal", None), ("quality", None), ("varifocal", 0.75)):
+        xs, ys = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        out = torch.ops.detloss.binary_loss(xs, ys, kind, alpha, gamma)
+        w = torch.linspace(0.5, 1.5, out.numel(), dtype=dtype)
+        (out * w).sum().backward()
+        xr, yr = x.double().clone().requires_grad_(True), y.double().clone().requires_grad_(True)
+        ref = reference_binary(xr, yr, kind, alpha, gamma)
+        (ref * w.double()).sum().backward()
+        for actual, expected in ((out, ref), (xs.grad, xr.grad), (ys.grad, yr.grad)):
+            assert torch.isfinite(actual).all(), (kind, alpha)
+            tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(actual.double(), expected, **tol)
+
+
+def test_native_siou_theta_below_one_is_refused() -> None:
+    """Theta - 1 is the exponent of SIoU's shape slope; the kernel's pow takes exponents >= 0
+    (the loss functions already refuse theta < 1)."""
+    need("native")
+    p, t = cases(torch.float32)
+    with pytest.raises(RuntimeError, match="siou_theta must be >= 1"):
+        torch.ops.detloss.iou_loss(p, t, "siou", 1e-7, False, False, 0.5)
 
 
 # ---------------------------------------------------------------- backends and compile

@@ -32,7 +32,11 @@ int64_t iou_kind_id(c10::string_view kind, double theta) {
   if (kind == "diou") return DIOU;
   if (kind == "ciou") return CIOU;
   if (kind == "eiou") return EIOU;
-  if (kind == "siou") return theta == 4.0 ? SIOU4 : SIOU;
+  if (kind == "siou") {
+    // theta - 1 >= 0 is the exponent of the shape term's slope (pow_unit: exponents >= 0)
+    TORCH_CHECK(theta >= 1.0, "detloss::iou_loss: siou_theta must be >= 1, got ", theta);
+    return theta == 4.0 ? SIOU4 : SIOU;
+  }
   TORCH_CHECK(false, "detloss::iou_loss: kind must be one of iou, giou, diou, ciou, eiou, siou, got ", kind);
 }
 

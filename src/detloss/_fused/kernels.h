@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -117,6 +118,41 @@ DETLOSS_INLINE double log1p_unit(double u) {  // log(1 + u) for u in [0, 1]
   const double f = small ? u : 0.5 * s - 1.0;  // exact for s in [1.41, 2]
   const double big = 6.93147180369123816490e-01 + (log1p_reduced(f) + (1.90821492927058770002e-10 + c / s));
   return small ? log1p_reduced(f) : big;
+}
+
+// log(x) for x in (0, 1], subnormals included: x = 2^k f with f in [sqrt(2)/2, sqrt(2)), log x =
+// k ln 2 + log f, ln 2 in two parts (those of exp_nonpos) so that k ln 2 carries no rounding.
+// log_1to2's series 2 atanh(z) holds for f in that range too (|z| <= 0.172 < 1/3).
+DETLOSS_INLINE float log_unit(float x) {
+  const bool sub = x < 1.17549435e-38f;                 // below the smallest normal: scaled by 2^23
+  const int32_t bits = __builtin_bit_cast(int32_t, sub ? x * 8388608.0f : x);
+  const float f1 = __builtin_bit_cast(float, (bits & 0x007fffff) | 0x3f800000);  // [1, 2)
+  const bool high = f1 > 1.41421356237309504880f;
+  const float f = high ? 0.5f * f1 : f1;
+  const float k = static_cast<float>((bits >> 23) - 127 + (high ? 1 : 0)) - (sub ? 23.0f : 0.0f);
+  return k * 0.693359375f + (log_1to2(f) - k * 2.12194440e-4f);
+}
+
+DETLOSS_INLINE double log_unit(double x) {
+  const bool sub = x < 2.2250738585072014e-308;  // below the smallest normal: scaled by 2^54
+  const int64_t bits = __builtin_bit_cast(int64_t, sub ? x * 18014398509481984.0 : x);
+  // the biased exponent as a double without an integer conversion (AVX2 has none for 64 bits)
+  const double biased = __builtin_bit_cast(double, (bits >> 52) | 0x4330000000000000LL) - 4503599627370496.0;
+  const double f1 = __builtin_bit_cast(double, (bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);  // [1, 2)
+  const bool high = f1 > 1.41421356237309504880;
+  const double f = high ? 0.5 * f1 : f1;
+  const double k = (biased - 1023.0) + (high ? 1.0 : 0.0) - (sub ? 54.0 : 0.0);
+  return k * 6.93147180369123816490e-01 + (log1p_reduced(f - 1.0) + k * 1.90821492927058770002e-10);
+}
+
+// x^e for x in [0, 1] (below 0: as 0, as clamp(min=0)) and e >= 0, as exp(e log x): 1 for e = 0
+// (0^0 included), 0 for x = 0 < e, 1 at x = 1, NaN for a NaN x; branch-free, and with no select
+// on e (GCC does not vectorize a select whose condition is loop-invariant). Relative error about
+// (2 + e |log x|) ulp: the rounding of e log x, which exp carries over.
+template <typename T> DETLOSS_INLINE T pow_unit(T x, T e) {
+  const T lowest = -std::numeric_limits<T>::max();  // e * lowest: -inf, or -0 for e = 0
+  const T l = x > T(0) ? log_unit(x) : (x == x ? lowest : x);
+  return exp_nonpos(e * l);
 }
 
 // Where the math comes from, and in which form: the vectorizable functions above, a quotient by a
@@ -296,7 +332,7 @@ DETLOSS_INLINE Pair<T> pair_forward(const Box<T>& p, const Box<T>& t, const T ep
     f.sw = T(1) - M::exp_neg(-f.ow);
     f.sh = T(1) - M::exp_neg(-f.oh);
     const T shape = K == SIOU4 ? (f.sw * f.sw) * (f.sw * f.sw) + (f.sh * f.sh) * (f.sh * f.sh)
-                               : powi(f.sw, theta) + powi(f.sh, theta);
+                               : pow_unit(f.sw, theta) + pow_unit(f.sh, theta);
     s = f.iou - T(0.5) * (distance + shape);
   }
   f.S = s;
@@ -369,8 +405,8 @@ DETLOSS_INLINE Interior<T> pair_interior(const Box<T>& p, const Box<T>& t, const
     const T g_rho2 = quot<M>(-g_angle * f.angle, f.R, f.rR);
     g_dx += g_m * f.dy + T(2) * g_rho2 * f.dx;
     g_dy += g_m * f.dx + T(2) * g_rho2 * f.dy;
-    const T pw3 = K == SIOU4 ? f.sw * f.sw * f.sw : powi(f.sw, theta - T(1));
-    const T ph3 = K == SIOU4 ? f.sh * f.sh * f.sh : powi(f.sh, theta - T(1));
+    const T pw3 = K == SIOU4 ? f.sw * f.sw * f.sw : pow_unit(f.sw, theta - T(1));  // theta >= 1
+    const T ph3 = K == SIOU4 ? f.sh * f.sh * f.sh : pow_unit(f.sh, theta - T(1));
     const T th_ = K == SIOU4 ? T(4) : theta;
     const T g_ow = gd * th_ * pw3 * (T(1) - f.sw);
     const T g_oh = gd * th_ * ph3 * (T(1) - f.sh);
@@ -679,6 +715,13 @@ struct BinaryOptions {
   double gamma;
 };
 
+// x^e from x^(e - 1) for e = 0 or e >= 1 (one pow_unit serves the value and its slope): x x^(e - 1),
+// and exactly 1 for e = 0, blended by an invariant weight (a select on e stops the vectorizer).
+template <typename T> DETLOSS_INLINE T pow_from_lower(T x, T e, T lower) {
+  const T zero = e == T(0) ? T(1) : T(0);
+  return zero + (T(1) - zero) * (x * lower);
+}
+
 // G2: gamma == 2 (the papers' default), powers by multiplication so that the loop vectorizes.
 template <typename T, int K, bool G2, bool GRAD, typename M = FastMath>
 DETLOSS_INLINE void binary_elem(T x, T y, const T alpha, const T gamma, const bool has_alpha, T& L, T g, T& dx, T& dy) {
@@ -701,8 +744,9 @@ DETLOSS_INLINE void binary_elem(T x, T y, const T alpha, const T gamma, const bo
       mp = -sgn(d);
       my = sgn(d);
     }
-    const T dw_dm = G2 ? T(2) * m : (gamma == T(0) ? T(0) : gamma * powi(m, gamma - T(1)));
-    w = G2 ? m * m : (gamma == T(0) ? T(1) : powi(m, gamma));
+    const T lower = G2 ? m : pow_unit(m, mx(gamma - T(1), T(0)));  // m^(gamma - 1); 1 for gamma 0
+    const T dw_dm = gamma * lower;
+    w = G2 ? m * m : pow_from_lower(m, gamma, lower);
     dw_dp = dw_dm * mp;
     dw_dy = dw_dm * my;
     if (K == FOCAL && has_alpha) {
@@ -713,8 +757,9 @@ DETLOSS_INLINE void binary_elem(T x, T y, const T alpha, const T gamma, const bo
     }
   } else if (K == VARIFOCAL) {
     const bool positive = y > T(0);
-    const T pg = G2 ? p * p : (gamma == T(0) ? T(1) : powi(p, gamma));
-    const T dpg = G2 ? T(2) * p : (gamma == T(0) ? T(0) : gamma * powi(p, gamma - T(1)));
+    const T lower = G2 ? p : pow_unit(p, mx(gamma - T(1), T(0)));  // p^(gamma - 1)
+    const T dpg = gamma * lower;
+    const T pg = G2 ? p * p : pow_from_lower(p, gamma, lower);
     w = positive ? y : alpha * pg;
     dw_dp = positive ? T(0) : alpha * dpg;
     dw_dy = positive ? T(1) : T(0);
@@ -730,13 +775,16 @@ DETLOSS_INLINE void binary_elem(T x, T y, const T alpha, const T gamma, const bo
 template <typename T, int K, bool G2>
 void binary_forward_block(const T* __restrict x, const T* __restrict y, T* __restrict out, int64_t m, const BinaryOptions& o) {
   const T alpha = T(o.alpha), gamma = T(o.gamma);
-  const bool has_alpha = o.has_alpha;
+  // has_alpha a compile-time constant in the loop: GCC does not vectorize a select on a
+  // loop-invariant bool ("relevant stmt not supported"), and the focal loop ran scalar
+  with_flag(o.has_alpha, [&](auto has_alpha) {
 #pragma omp simd
-  for (int64_t i = 0; i < m; ++i) {
-    T L, dx, dy;
-    binary_elem<T, K, G2, false>(x[i], y[i], alpha, gamma, has_alpha, L, T(0), dx, dy);
-    out[i] = L;
-  }
+    for (int64_t i = 0; i < m; ++i) {
+      T L, dx, dy;
+      binary_elem<T, K, G2, false>(x[i], y[i], alpha, gamma, decltype(has_alpha)::value, L, T(0), dx, dy);
+      out[i] = L;
+    }
+  });
 }
 
 // g: the staged upstream gradient of these elements; gy is written only if GY.
@@ -744,14 +792,15 @@ template <typename T, int K, bool G2, bool GY>
 void binary_backward_block(const T* __restrict x, const T* __restrict y, const T* __restrict g, T* __restrict gx,
                            T* __restrict gy, int64_t m, const BinaryOptions& o) {
   const T alpha = T(o.alpha), gamma = T(o.gamma);
-  const bool has_alpha = o.has_alpha;
+  with_flag(o.has_alpha, [&](auto has_alpha) {  // a compile-time constant, as in the forward
 #pragma omp simd
-  for (int64_t j = 0; j < m; ++j) {
-    T L, dx, dy;
-    binary_elem<T, K, G2, true>(x[j], y[j], alpha, gamma, has_alpha, L, g[j], dx, dy);
-    gx[j] = dx;
-    if (GY) gy[j] = dy;
-  }
+    for (int64_t j = 0; j < m; ++j) {
+      T L, dx, dy;
+      binary_elem<T, K, G2, true>(x[j], y[j], alpha, gamma, decltype(has_alpha)::value, L, g[j], dx, dy);
+      gx[j] = dx;
+      if (GY) gy[j] = dy;
+    }
+  });
 }
 
 }  // namespace detloss_kernels
