@@ -54,6 +54,7 @@ SOURCES: tuple[str, ...] = (
     "kernels.cpp",
     "pairwise.cpp",
     "rotated.cpp",
+    "simulate.cpp",
 )
 # What the sources include from this folder: part of the build's hash, not compiled alone.
 HEADERS: tuple[str, ...] = ("kernels.h",)
