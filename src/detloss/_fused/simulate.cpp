@@ -40,6 +40,17 @@ __attribute__((noinline)) void loss_gradient_block(const T* __restrict p, const 
   iou_backward_block<T, V, false>(p, t, gS, gI, dp, nullptr, m, IoUOptions{1e-7, 4.0});
 }
 
+// (N, 4) rows <-> coordinate-major blocks, by kernels.h's transposes (no arithmetic): the loops
+// below then read and write whole vectors of one coordinate.
+template <typename T>
+__attribute__((noinline)) void stage_in(const T* __restrict in, T (&rows)[4][kBlock], int64_t m) {
+  deinterleave4(in, rows, m);
+}
+template <typename T>
+__attribute__((noinline)) void stage_out(const T (&rows)[4][kBlock], T* __restrict out, int64_t m) {
+  interleave4(rows, out, m);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- the torch loop's own arithmetic
@@ -80,13 +91,11 @@ inline T corner_iou(const T* p, const T* t) {
   return inter / (union_area + T(1e-7));
 }
 
-// The direction of simulation.paper_direction for one case, operation for operation (its
-// comments there); ga, a: atan(gw / gh) and atan(w / h) (CIoU only). Returns the IoU.
+// The direction of simulation.paper_direction for one case, operation for operation (items 1-3
+// of its docstring: the IoU and GIoU parts, to (x, y, w, h)). Returns the IoU (item 6).
 template <typename T, int K>
-inline T paper_case(const T* b, const T* g, T ga, T a, T (&d)[4]) {
-  const T x = b[0], y = b[1], w = b[2], h = b[3];
-  const T gx = g[0], gy = g[1], gw = g[2], gh = g[3];
-  const T half = T(0.5), zero = T(0), one = T(1), two = T(2);
+inline T paper_overlap(T x, T y, T w, T h, T gx, T gy, T gw, T gh, T (&d)[4]) {
+  const T half = T(0.5), zero = T(0);
   const T top = y - half * h, bot = y + half * h, lef = x - half * w, rig = x + half * w;
   const T g_t = gy - half * gh, g_b = gy + half * gh, g_l = gx - half * gw, g_r = gx + half * gw;
   const T it = vmax(top, g_t), ib = vmin(bot, g_b), il = vmax(lef, g_l), ir = vmin(rig, g_r);
@@ -119,47 +128,52 @@ inline T paper_case(const T* b, const T* g, T ga, T a, T (&d)[4]) {
     s_l = (overlap ? s_l : zero) + penalty(du_l, dc_l);
     s_r = (overlap ? s_r : zero) + penalty(du_r, dc_r);
   }
-  T dx = s_l + s_r, dy = s_t + s_b, dw = s_r - s_l, dh = s_b - s_t;
-  if constexpr (K == DIOU || K == CIOU) {
-    const T ct = vmin(top, g_t), cb = vmax(bot, g_b), cl = vmin(lef, g_l), cr = vmax(rig, g_r);
-    const T cw = cr - cl, ch = cb - ct;
-    const T diag = cw * cw + ch * ch;
-    const T above = top < g_t ? one : zero, below = bot > g_b ? one : zero;
-    const T left = lef < g_l ? one : zero, right = rig > g_r ? one : zero;
-    const T part_x = right - left, part_y = below - above;
-    const T part_w = half * (right + left), part_h = half * (below + above);
-    const T cw_w = (left > zero && right > zero) ? -one : part_w;
-    const T ch_h = (above > zero && below > zero) ? -one : part_h;
-    const T ex = x - gx, ey = y - gy;
-    const T dist = ex * ex + ey * ey;
-    const T diag2 = diag * diag;
-    dx = dx + (two * (gx - x) * diag - two * (cw + ch) * part_x * dist) / diag2;
-    dy = dy + (two * (gy - y) * diag - two * (cw + ch) * part_y * dist) / diag2;
-    dw = dw + two * (cw * cw_w + ch * part_w) * dist / diag2;
-    dh = dh + two * (cw * part_h + ch * ch_h) * dist / diag2;
-    if constexpr (K == CIOU) {
-      const double pi2 = M_PI * M_PI;
-      const T four = T(4.0 / pi2), eight = T(8.0 / pi2);
-      const T delta = ga - a;
-      const T v = four * delta * delta;
-      const T alpha = v / (one - iou + v + T(1e-7));
-      dw = dw + alpha * eight * delta * h;
-      dh = dh - alpha * eight * delta * w;
-    }
-  }
+  const T dx = s_l + s_r, dy = s_t + s_b, dw = s_r - s_l, dh = s_b - s_t;
   d[0] = dx, d[1] = dy, d[2] = dw, d[3] = dh;
   return iou;
 }
 
-// B <- B + rate (2 - IoU) D for one case, and its |B - B_gt| into err (torch's order: rate times
-// (2 - IoU), times D, plus B).
-template <typename T>
-inline void step_case(T* b, const T* g, const T (&d)[4], T iou, T rate, T* err) {
-  const T c = rate * (T(2) - iou);
-  for (int k = 0; k < 4; ++k) {
-    b[k] = b[k] + c * d[k];
-    err[k] = std::abs(b[k] - g[k]);
+// DIoU's and CIoU's terms of the paper's direction (items 4 and 5), added to d (the IoU part):
+// a second loop over the block, since GCC vectorizes the two halves apart, not the whole.
+template <typename T, int K>
+inline void paper_distance(T x, T y, T w, T h, T gx, T gy, T gw, T gh, T ga, T a, T iou, T (&d)[4]) {
+  const T half = T(0.5), zero = T(0), one = T(1), two = T(2);
+  const T top = y - half * h, bot = y + half * h, lef = x - half * w, rig = x + half * w;
+  const T g_t = gy - half * gh, g_b = gy + half * gh, g_l = gx - half * gw, g_r = gx + half * gw;
+  T dx = d[0], dy = d[1], dw = d[2], dh = d[3];
+  const T ct = vmin(top, g_t), cb = vmax(bot, g_b), cl = vmin(lef, g_l), cr = vmax(rig, g_r);
+  const T cw = cr - cl, ch = cb - ct;
+  const T diag = cw * cw + ch * ch;
+  const T above = top < g_t ? one : zero, below = bot > g_b ? one : zero;
+  const T left = lef < g_l ? one : zero, right = rig > g_r ? one : zero;
+  const T part_x = right - left, part_y = below - above;
+  const T part_w = half * (right + left), part_h = half * (below + above);
+  // left > 0 && right > 0, decided on the sides (GCC vectorizes this form, not the other)
+  const T cw_w = (lef < g_l && rig > g_r) ? -one : part_w;
+  const T ch_h = (top < g_t && bot > g_b) ? -one : part_h;
+  const T ex = x - gx, ey = y - gy;
+  const T dist = ex * ex + ey * ey;
+  const T diag2 = diag * diag;
+  dx = dx + (two * (gx - x) * diag - two * (cw + ch) * part_x * dist) / diag2;
+  dy = dy + (two * (gy - y) * diag - two * (cw + ch) * part_y * dist) / diag2;
+  dw = dw + two * (cw * cw_w + ch * part_w) * dist / diag2;
+  dh = dh + two * (cw * part_h + ch * ch_h) * dist / diag2;
+  if constexpr (K == CIOU) {
+    const double pi2 = M_PI * M_PI;
+    const T four = T(4.0 / pi2), eight = T(8.0 / pi2);
+    const T delta = ga - a;
+    const T v = four * delta * delta;
+    const T alpha = v / (one - iou + v + T(1e-7));
+    dw = dw + alpha * eight * delta * h;
+    dh = dh - alpha * eight * delta * w;
   }
+  d[0] = dx, d[1] = dy, d[2] = dw, d[3] = dh;
+}
+
+// The step of the update B <- B + rate (2 - IoU) D: rate times (2 - IoU), times D, plus B (torch's order).
+template <typename T>
+inline T step_size(T rate, T iou) {
+  return rate * (T(2) - iou);
 }
 
 // One step of gradient "exact" for cases [lo, lo + m), m <= kBlock.
@@ -175,20 +189,47 @@ void exact_block(T* __restrict b, const T* __restrict g, const T* __restrict gc,
     const T* q = dp + 4 * j;
     // autograd through to_xyxy: x gets dx1 + dx2, w gets 0.5 dx2 - 0.5 dx1; the move is -grad
     const T d[4] = {-(q[0] + q[2]), -(q[1] + q[3]), -(half * q[2] - half * q[0]), -(half * q[3] - half * q[1])};
-    const T iou = corner_iou(pc + 4 * j, gc + 4 * j);
-    step_case(b + 4 * j, g + 4 * j, d, iou, rate, err + 4 * j);
+    const T c = step_size(rate, corner_iou(pc + 4 * j, gc + 4 * j));
+    for (int k = 0; k < 4; ++k) {
+      b[4 * j + k] = b[4 * j + k] + c * d[k];
+      err[4 * j + k] = std::abs(b[4 * j + k] - g[4 * j + k]);
+    }
   }
 }
 
-// One step of gradient "paper" for cases [lo, lo + m).
+// One step of gradient "paper" for cases [lo, lo + m), m <= kBlock, staged coordinate-major.
 template <typename T, int K>
-void paper_block(T* __restrict b, const T* __restrict g, const T* ga, const T* a, T rate, T* __restrict err, int64_t m) {
+void paper_block(T* __restrict b, const T* __restrict g, const T* __restrict ga, const T* __restrict a, T rate,
+                 T* __restrict err, int64_t m) {
+  alignas(64) T bc[4][kBlock], gc[4][kBlock], dc[4][kBlock], iou[kBlock];
+  stage_in(b, bc, m);
+  stage_in(g, gc, m);
 #pragma omp simd
   for (int64_t j = 0; j < m; ++j) {
     T d[4];
-    const T iou = paper_case<T, K>(b + 4 * j, g + 4 * j, K == CIOU ? ga[j] : T(0), K == CIOU ? a[j] : T(0), d);
-    step_case(b + 4 * j, g + 4 * j, d, iou, rate, err + 4 * j);
+    iou[j] = paper_overlap<T, K>(bc[0][j], bc[1][j], bc[2][j], bc[3][j], gc[0][j], gc[1][j], gc[2][j], gc[3][j], d);
+    for (int k = 0; k < 4; ++k) dc[k][j] = d[k];
   }
+  if constexpr (K == DIOU || K == CIOU) {
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) {
+      T d[4] = {dc[0][j], dc[1][j], dc[2][j], dc[3][j]};
+      T gaj = T(0), aj = T(0);
+      if constexpr (K == CIOU) gaj = ga[j], aj = a[j];
+      paper_distance<T, K>(bc[0][j], bc[1][j], bc[2][j], bc[3][j], gc[0][j], gc[1][j], gc[2][j], gc[3][j], gaj, aj, iou[j], d);
+      for (int k = 0; k < 4; ++k) dc[k][j] = d[k];
+    }
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < m; ++j) {
+    const T c = step_size(rate, iou[j]);
+    for (int k = 0; k < 4; ++k) {
+      bc[k][j] = bc[k][j] + c * dc[k][j];
+      dc[k][j] = std::abs(bc[k][j] - gc[k][j]);
+    }
+  }
+  stage_out(bc, b, m);
+  stage_out(dc, err, m);
 }
 
 template <typename T>

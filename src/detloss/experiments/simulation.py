@@ -19,7 +19,10 @@ only; see :func:`paper_direction`). The error after step t is
 The work is vectorised over chunks of anchor centres (343 cases each), one thread per chunk,
 chunks in parallel in ``workers`` processes; each finished chunk is checkpointed, so
 ``resume=True`` continues an interrupted run to the same numbers as an uninterrupted one
-(the chunks are computed independently and summed in a fixed order).
+(the chunks are computed independently and summed in a fixed order). A chunk runs all its
+steps in one call of the native kernel ``torch.ops.detloss.regress_boxes`` where
+:func:`runs_native` (CPU, the ``native`` backend, the losses of :data:`NATIVE_LOSSES`), with
+the numbers of the torch loop :func:`regress` (float64: to the last bit), else that loop.
 """
 
 from __future__ import annotations
@@ -357,7 +360,20 @@ NATIVE_LOSSES: dict[str, tuple[str, ...]] = {
 
 def runs_native(loss: str, gradient: str, boxes: torch.Tensor) -> bool:
     """Whether :func:`regress_cases` runs ``loss`` under ``gradient`` on ``boxes`` by the native
-    kernel: CPU float32/float64 under the ``native`` backend (:func:`detloss.get_backend`)."""
+    kernel: CPU float32/float64 under the ``native`` backend (:func:`detloss.get_backend`).
+
+    Args:
+        loss: a key of :func:`box_losses`; the kernel runs those of :data:`NATIVE_LOSSES`.
+        gradient: ``"exact"`` or ``"paper"``.
+        boxes: the anchors the run starts from (their device and dtype decide).
+
+    Example:
+        >>> import detloss
+        >>> boxes = torch.zeros(3, 4)
+        >>> with detloss.use_backend("reference"):
+        ...     runs_native("ciou", "paper", boxes)
+        False
+    """
     from detloss._backend import resolve
 
     return (
@@ -374,7 +390,21 @@ def regress_cases(
     """:func:`regress` with the direction of ``loss`` under ``gradient``: every step in one call
     of the native kernel where :func:`runs_native`, with the same numbers (float64: to the
     last bit), else the torch loop. A fresh loss per call: a stateful loss (Wise-IoU's running
-    mean) depends on these cases only."""
+    mean) depends on these cases only.
+
+    Args:
+        anchors: ``(n, 4)`` ``cxcywh`` start boxes (float32 or float64 for the native kernel).
+        targets: ``(n, 4)`` ``cxcywh`` targets, ``anchors``' dtype.
+        loss: a key of :func:`box_losses`.
+        gradient: ``"exact"`` or ``"paper"`` (``paper``: the keys of :data:`PAPER_LOSSES`).
+        steps: ``T``; the rates are :func:`learning_rate`'s.
+
+    Example (the 343 cases of one anchor centre, 20 steps):
+        >>> anchors, targets = case_boxes(torch.tensor([[10.5, 9.0]], dtype=torch.float64))
+        >>> boxes, curve = regress_cases(anchors, targets, "diou", "paper", 20)
+        >>> boxes.shape, curve.shape, bool(curve[20] < curve[0])
+        (torch.Size([343, 4]), torch.Size([21]), True)
+    """
     rates = [learning_rate(t, steps) for t in range(1, steps + 1)]
     if runs_native(loss, gradient, anchors):
         rate_tensor = torch.tensor(rates, dtype=torch.float64)
