@@ -133,8 +133,9 @@ inline T paper_overlap(T x, T y, T w, T h, T gx, T gy, T gw, T gh, T (&d)[4]) {
   return iou;
 }
 
-// DIoU's and CIoU's terms of the paper's direction (items 4 and 5), added to d (the IoU part):
-// a second loop over the block, since GCC vectorizes the two halves apart, not the whole.
+// DIoU's and CIoU's terms of the paper's direction (items 4 and 5), added to d (the IoU part);
+// ga, a: atan(gw / gh) and atan(w / h) (CIoU only). A second loop over the block, since GCC
+// vectorizes the two halves apart, not the whole.
 template <typename T, int K>
 inline void paper_distance(T x, T y, T w, T h, T gx, T gy, T gw, T gh, T ga, T a, T iou, T (&d)[4]) {
   const T half = T(0.5), zero = T(0), one = T(1), two = T(2);
