@@ -55,6 +55,7 @@ SOURCES: tuple[str, ...] = (
     "pairwise.cpp",
     "rotated.cpp",
     "rotated_iou.cpp",
+    "simulate.cpp",
 )
 # What the sources include from this folder: part of the build's hash, not compiled alone.
 HEADERS: tuple[str, ...] = ("kernels.h",)

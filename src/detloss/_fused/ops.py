@@ -395,3 +395,37 @@ def _register_rotated_iou() -> torch.library.Library:
 
 
 _ROTATED_IOU_LIBRARY = _register_rotated_iou()
+
+
+# ---------------------------------------------------------------- the DIoU paper's simulation (no autograd)
+
+REGRESS = "regress_boxes"
+REGRESS_SCHEMA = "(Tensor anchors, Tensor targets, Tensor rates, str loss, str gradient) -> (Tensor, Tensor)"
+"""``regress_boxes(anchors (N, 4), targets (N, 4), rates (T,), loss, gradient) -> (boxes (N, 4),
+curve (T + 1,))``: the ``T`` steps ``B_t = B_{t-1} + rates[t - 1] (2 - IoU) D`` of
+:func:`detloss.experiments.simulation.regress` from ``cxcywh`` anchors, with ``D`` of
+``gradient`` (``"exact"`` or ``"paper"``) for ``loss``; the final boxes and the float64 curve
+``E(0..T)``. Its pure-torch kernel is that loop; its CPU kernel, ``simulate.cpp``, runs every step
+in one call with the same numbers (float64: to the last bit)."""
+
+
+def _regress_boxes(anchors: Tensor, targets: Tensor, rates: Tensor, loss: str, gradient: str) -> tuple[Tensor, Tensor]:
+    from detloss.experiments import simulation  # the loop lives with the simulation
+
+    return simulation.regress_at(anchors, targets, simulation.make_direction(loss, gradient), rates.tolist())
+
+
+def _regress_boxes_fake(
+    anchors: Tensor, targets: Tensor, rates: Tensor, loss: str, gradient: str
+) -> tuple[Tensor, Tensor]:
+    torch._check(
+        anchors.dim() == 2 and anchors.shape[1] == 4, lambda: "detloss::regress_boxes: anchors of shape (N, 4)"
+    )
+    torch._check(targets.shape == anchors.shape, lambda: "detloss::regress_boxes: targets of anchors' shape")
+    return torch.empty_like(anchors), anchors.new_empty((rates.shape[0] + 1,), dtype=torch.float64)
+
+
+__all__ += ["REGRESS", "REGRESS_SCHEMA"]
+_LIBRARY.define(REGRESS + REGRESS_SCHEMA)
+_LIBRARY.impl(REGRESS, _regress_boxes, "CompositeExplicitAutograd")
+torch.library.register_fake(f"{NAMESPACE}::{REGRESS}", _regress_boxes_fake, lib=_LIBRARY)

@@ -19,7 +19,10 @@ only; see :func:`paper_direction`). The error after step t is
 The work is vectorised over chunks of anchor centres (343 cases each), one thread per chunk,
 chunks in parallel in ``workers`` processes; each finished chunk is checkpointed, so
 ``resume=True`` continues an interrupted run to the same numbers as an uninterrupted one
-(the chunks are computed independently and summed in a fixed order).
+(the chunks are computed independently and summed in a fixed order). A chunk runs all its
+steps in one call of the native kernel ``torch.ops.detloss.regress_boxes`` where
+:func:`runs_native` (CPU, the ``native`` backend, the losses of :data:`NATIVE_LOSSES`), with
+the numbers of the torch loop :func:`regress` (float64: to the last bit), else that loop.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ __all__ = [
     "exact_direction",
     "paper_direction",
     "regress",
+    "regress_at",
+    "regress_cases",
+    "runs_native",
+    "NATIVE_LOSSES",
     "simulate",
 ]
 
@@ -325,15 +332,85 @@ def regress(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the update ``steps`` times from ``anchors``; return the final boxes ``(n, 4)``
     and the curve ``E(0..steps)`` (float64 sums of the l1 error over the cases)."""
+    return regress_at(anchors, targets, direction, [learning_rate(t, steps) for t in range(1, steps + 1)])
+
+
+def regress_at(
+    anchors: torch.Tensor, targets: torch.Tensor, direction: Direction, rates: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`regress` with the rate of each step given: ``eta_t = rates[t - 1]``."""
     boxes = anchors.clone()
-    curve = torch.empty(steps + 1, dtype=torch.float64)
+    curve = torch.empty(len(rates) + 1, dtype=torch.float64)
     curve[0] = (boxes - targets).abs().sum(dtype=torch.float64)
     with torch.no_grad():
-        for step in range(1, steps + 1):
+        for step, rate in enumerate(rates, start=1):
             move, iou = direction(boxes, targets)
-            boxes = boxes + learning_rate(step, steps) * (2.0 - iou)[:, None] * move
+            boxes = boxes + rate * (2.0 - iou)[:, None] * move
             curve[step] = (boxes - targets).abs().sum(dtype=torch.float64)
     return boxes, curve
+
+
+#: What the native kernel (``torch.ops.detloss.regress_boxes``) runs, per gradient: the losses
+#: whose module is the native loss operator with its defaults, and the paper's four.
+NATIVE_LOSSES: dict[str, tuple[str, ...]] = {
+    "exact": ("iou", "giou", "diou", "ciou", "eiou", "siou"),
+    "paper": PAPER_LOSSES,
+}
+
+
+def runs_native(loss: str, gradient: str, boxes: torch.Tensor) -> bool:
+    """Whether :func:`regress_cases` runs ``loss`` under ``gradient`` on ``boxes`` by the native
+    kernel: CPU float32/float64 under the ``native`` backend (:func:`detloss.get_backend`).
+
+    Args:
+        loss: a key of :func:`box_losses`; the kernel runs those of :data:`NATIVE_LOSSES`.
+        gradient: ``"exact"`` or ``"paper"``.
+        boxes: the anchors the run starts from (their device and dtype decide).
+
+    Example:
+        >>> import detloss
+        >>> boxes = torch.zeros(3, 4)
+        >>> with detloss.use_backend("reference"):
+        ...     runs_native("ciou", "paper", boxes)
+        False
+    """
+    from detloss._backend import resolve
+
+    return (
+        loss in NATIVE_LOSSES.get(gradient, ())
+        and boxes.device.type == "cpu"
+        and boxes.dtype in (torch.float32, torch.float64)
+        and resolve(boxes.device) == "native"
+    )
+
+
+def regress_cases(
+    anchors: torch.Tensor, targets: torch.Tensor, loss: str, gradient: str, steps: int = 200
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`regress` with the direction of ``loss`` under ``gradient``: every step in one call
+    of the native kernel where :func:`runs_native`, with the same numbers (float64: to the
+    last bit), else the torch loop. A fresh loss per call: a stateful loss (Wise-IoU's running
+    mean) depends on these cases only.
+
+    Args:
+        anchors: ``(n, 4)`` ``cxcywh`` start boxes (float32 or float64 for the native kernel).
+        targets: ``(n, 4)`` ``cxcywh`` targets, ``anchors``' dtype.
+        loss: a key of :func:`box_losses`.
+        gradient: ``"exact"`` or ``"paper"`` (``paper``: the keys of :data:`PAPER_LOSSES`).
+        steps: ``T``; the rates are :func:`learning_rate`'s.
+
+    Example (the 343 cases of one anchor centre, 20 steps):
+        >>> anchors, targets = case_boxes(torch.tensor([[10.5, 9.0]], dtype=torch.float64))
+        >>> boxes, curve = regress_cases(anchors, targets, "diou", "paper", 20)
+        >>> boxes.shape, curve.shape, bool(curve[20] < curve[0])
+        (torch.Size([343, 4]), torch.Size([21]), True)
+    """
+    rates = [learning_rate(t, steps) for t in range(1, steps + 1)]
+    if runs_native(loss, gradient, anchors):
+        rate_tensor = torch.tensor(rates, dtype=torch.float64)
+        boxes, curve = torch.ops.detloss.regress_boxes(anchors, targets, rate_tensor, loss, gradient)
+        return boxes, curve
+    return regress_at(anchors, targets, make_direction(loss, gradient), rates)
 
 
 # -------------------------------------------------------------------------- the command
@@ -406,9 +483,10 @@ def compute_chunk(setup: Setup, loss: str, gradient: str, k: int, path: Path) ->
     started = time.perf_counter()
     # a fresh loss per chunk: a stateful loss (Wise-IoU's running mean) then depends on its
     # chunk only, and a resumed run repeats it exactly
-    final, curve = regress(anchors, targets, make_direction(loss, gradient), setup.steps)
+    final, curve = regress_cases(anchors, targets, loss, gradient, setup.steps)
     l1 = (final - targets).abs().sum(dim=-1, dtype=torch.float64)
     saved = {
+        "path": "native" if runs_native(loss, gradient, anchors) else "torch",
         "curve": curve,
         "point_error": l1.reshape(hi - lo, CASES_PER_POINT).sum(dim=-1),
         "converged": int((l1 < CONVERGED_L1).sum()),
@@ -504,6 +582,7 @@ def run_cases(
                 "converged": sum(int(c["converged"]) for c in done),
                 "nonfinite": sum(int(c["nonfinite"]) for c in done),
                 "seconds": sum(float(c["seconds"]) for c in done),
+                "path": "/".join(sorted({str(c.get("path", "torch")) for c in done})),
             }
         )
     return summaries
@@ -630,9 +709,11 @@ def simulate(
                 "converged_fraction": s["converged"] / setup.cases,
                 "nonfinite_cases": s["nonfinite"],
                 "seconds": round(s["seconds"], 3),
+                "path": s["path"],
                 "curve": curve,
             }
         )
+    notes = [*notes, _path_note(results_runs)]
     header_args = {
         "losses": list(losses),
         "gradient": list(gradients),
@@ -692,4 +773,23 @@ def simulate(
         write_simulation_report(out, payload, points_xy, summaries)
     payload["seconds"] = round(time.perf_counter() - started, 3)
     write_json(out / "results.json", payload)
+    if progress:
+        plural = "es" if workers != 1 else ""
+        print(
+            f"simulate: {len(results_runs)} run{'s' if len(results_runs) != 1 else ''} of {setup.cases:,} cases x "
+            f"{steps} steps in {wall_seconds:.1f} s wall clock ({workers} worker process{plural}). "
+            f"{_path_note(results_runs)}"
+        )
     return out
+
+
+def _path_note(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Which runs the native kernel computed, and which the torch loop."""
+    native = [f"{r['loss']}/{r['gradient']}" for r in runs if r["path"] == "native"]
+    other = [f"{r['loss']}/{r['gradient']}" for r in runs if r["path"] != "native"]
+    parts = []
+    if native:
+        parts.append(f"native kernel (`detloss::regress_boxes`, every step in C++): {', '.join(native)}")
+    if other:
+        parts.append(f"torch loop (`regress`): {', '.join(other)}")
+    return "Computed by the " + "; by the ".join(parts) + "."
