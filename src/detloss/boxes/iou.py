@@ -174,6 +174,9 @@ def box_similarity(
     return diou - alpha * v, iou
 
 
+_COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+
 def _compute_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
     return torch.promote_types(upcast(a).dtype, upcast(b).dtype)
 
@@ -196,8 +199,11 @@ def prepare_pair(
     check_range(where, "eps", eps, 0.0, 1.0, low_open=True)
     if broadcast:
         check_broadcasts_with(where, names[0], pred, names[1], target)
-    dtype = _compute_dtype(pred, target)
-    return to_xyxy(pred.to(dtype), box_format), to_xyxy(target.to(dtype), box_format)
+    dtype = pred.dtype
+    if dtype != target.dtype or dtype not in _COMPUTE_DTYPES:  # else nothing to promote or cast
+        dtype = _compute_dtype(pred, target)
+        pred, target = pred.to(dtype), target.to(dtype)
+    return to_xyxy(pred, box_format), to_xyxy(target, box_format)
 
 
 def aligned_iou(
