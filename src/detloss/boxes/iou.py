@@ -121,9 +121,10 @@ def box_similarity(
     # single coordinates, with the same arithmetic per element (views, nothing copied)
     p1, p2 = pred.unflatten(-1, (2, 2)).unbind(-2)
     t1, t2 = target.unflatten(-1, (2, 2)).unbind(-2)
-    # clamp_ on fresh differences: their subtraction needs nothing saved, so autograd allows it
-    pwh, twh = (p2 - p1).clamp_(min=0), (t2 - t1).clamp_(min=0)
-    iwh = (torch.minimum(p2, t2) - torch.maximum(p1, t1)).clamp_(min=0)
+    # (an in-place clamp would not save memory where autograd records it: it keeps a copy of
+    # its input; the target's, recorded only if the target needs a gradient, is in place)
+    pwh, twh = (p2 - p1).clamp(min=0), (t2 - t1).clamp_(min=0)
+    iwh = (torch.minimum(p2, t2) - torch.maximum(p1, t1)).clamp(min=0)
     (pw, ph), (tw, th), (iw, ih) = pwh.unbind(-1), twh.unbind(-1), iwh.unbind(-1)
     inter = iw * ih
     union_area = (pw * ph + tw * th).sub_(inter)  # the sum has the broadcast shape
