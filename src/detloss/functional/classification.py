@@ -226,8 +226,8 @@ def _sigmoid_focal_elementwise(
     if gamma != 0:
         loss = loss * _safe_pow(_one_minus_pt(logits, target, negative), gamma)
     if alpha is not None:
-        balance = alpha * target
-        loss = loss * balance.add_((1 - alpha) * (1 - target if negative is None else negative))
+        balance = (alpha * target).add_((1 - alpha) * (1 - target if negative is None else negative))
+        loss = loss.mul_(balance)  # in place: a product's backward keeps its inputs, not its result
     return loss
 
 
