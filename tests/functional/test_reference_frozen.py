@@ -35,6 +35,7 @@ from detloss.functional import (
     sigmoid_focal_loss,
     varifocal_loss,
 )
+from tests._fused.test_fused import VARIANTS
 
 DTYPES = (torch.float32, torch.float64)
 N = 257
@@ -181,18 +182,7 @@ def _values_and_grads(
     return [o.detach() for o in outs] + [torch.zeros_like(x) if gr is None else gr for x, gr in zip(wanted, grads)]
 
 
-BOX_CASES = [
-    ("iou", {}),
-    ("giou", {}),
-    ("diou", {}),
-    ("ciou", {}),
-    ("ciou", {"alpha_gate": True}),
-    ("ciou", {"aspect_grad": "paper"}),
-    ("eiou", {}),
-    ("siou", {}),
-    ("siou", {"siou_theta": 2.5}),
-    ("wiou", {}),
-]
+BOX_CASES = [*VARIANTS, ("wiou", {})]  # every kind and option of the fast path, and Wise-IoU v1
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
