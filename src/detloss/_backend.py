@@ -109,7 +109,10 @@ def use_backend(name: str | None) -> Iterator[None]:
 
 
 def _environment() -> str | None:
-    value = os.environ.get(ENV_VAR, "").strip().lower()
+    value = os.environ.get(ENV_VAR)
+    if not value:  # the common case, read on every call: nothing more to do
+        return None
+    value = value.strip().lower()
     if not value or value == "auto":
         return None
     check_choice("detloss", ENV_VAR, value, BACKENDS)

@@ -33,7 +33,7 @@ def _shape(t: torch.Tensor) -> str:
 
 def check_choice(where: str, name: str, value: Any, choices: Iterable[str]) -> None:
     """Raise unless ``value`` is one of ``choices``."""
-    options = tuple(choices)
+    options = choices if isinstance(choices, tuple) else tuple(choices)
     if not isinstance(value, str) or value not in options:
         raise DetLossError.bad_argument(where, name, "one of " + ", ".join(map(repr, options)), repr(value))
 
@@ -115,15 +115,15 @@ def check_range(
     high_open: bool = False,
 ) -> None:
     """Raise unless ``value`` is a real number within ``[low, high]`` (ends open if asked)."""
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    span = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
         ok = value < high if high_open else value <= high
-    if not ok:
+    if not ok:  # the message is built only here: checks run on every call
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        span = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
         raise DetLossError.bad_argument(where, name, f"a number in {span}", repr(value))
 
 

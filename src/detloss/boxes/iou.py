@@ -117,14 +117,17 @@ def box_similarity(
         - pred, target: ``(*, 4)``, broadcasting; both outputs: ``(*)``.
     """
     check_choice("box_similarity", "kind", kind, _KERNEL_KINDS)
-    px1, py1, px2, py2 = pred.unbind(-1)
-    tx1, ty1, tx2, ty2 = target.unbind(-1)
-    pw, ph = (px2 - px1).clamp(min=0), (py2 - py1).clamp(min=0)
-    tw, th = (tx2 - tx1).clamp(min=0), (ty2 - ty1).clamp(min=0)
-    iw = (torch.minimum(px2, tx2) - torch.maximum(px1, tx1)).clamp(min=0)
-    ih = (torch.minimum(py2, ty2) - torch.maximum(py1, ty1)).clamp(min=0)
+    # the two corners of each box as (x, y) pairs: one op on a pair does the work of two on
+    # single coordinates, with the same arithmetic per element (views, nothing copied)
+    p1, p2 = pred.unflatten(-1, (2, 2)).unbind(-2)
+    t1, t2 = target.unflatten(-1, (2, 2)).unbind(-2)
+    # (an in-place clamp would not save memory where autograd records it: it keeps a copy of
+    # its input; the target's, recorded only if the target needs a gradient, is in place)
+    pwh, twh = (p2 - p1).clamp(min=0), (t2 - t1).clamp_(min=0)
+    iwh = (torch.minimum(p2, t2) - torch.maximum(p1, t1)).clamp(min=0)
+    (pw, ph), (tw, th), (iw, ih) = pwh.unbind(-1), twh.unbind(-1), iwh.unbind(-1)
     inter = iw * ih
-    union_area = pw * ph + tw * th - inter
+    union_area = (pw * ph + tw * th).sub_(inter)  # the sum has the broadcast shape
     union = union_area + eps
     iou = inter / union
     if kind == "iou":
@@ -132,18 +135,15 @@ def box_similarity(
     # the enclosing box spans each box's extent, an inverted side's too, so that it holds
     # both centres: rho <= c, and every penalty keeps its valid-box bound (WIoU's exp(rho^2 /
     # c^2) <= e, not inf). For valid boxes (x1 <= x2) values and gradients are unchanged.
-    (pl, pr), (tl, tr) = extent(px1, px2), extent(tx1, tx2)
-    (pt, pb), (tt, tb) = extent(py1, py2), extent(ty1, ty2)
-    cw = torch.maximum(pr, tr) - torch.minimum(pl, tl)
-    ch = torch.maximum(pb, tb) - torch.minimum(pt, tt)
+    (plo, phi), (tlo, thi) = extent(p1, p2), extent(t1, t2)
+    cwh = torch.maximum(phi, thi) - torch.minimum(plo, tlo)
+    cw, ch = cwh.unbind(-1)
     if kind == "giou":
         enclosing = cw * ch + eps
         return iou - (enclosing - union) / enclosing, iou
-    dx = 0.5 * ((tx1 + tx2) - (px1 + px2))
-    dy = 0.5 * ((ty1 + ty2) - (py1 + py2))
-    rho2 = dx * dx + dy * dy
-    if kind == "wiou":
-        return 1.0 - torch.exp(rho2 / (cw * cw + ch * ch + eps).detach()) * (1.0 - iou), iou
+    d = 0.5 * ((t1 + t2) - (p1 + p2))  # the centre offset (dx, dy)
+    dx, dy = d.unbind(-1)
+    rho2 = (dx * dx).add_(dy * dy)
     if kind == "siou":
         angle = 2.0 * (dx * dy).abs() / (rho2 + eps)
         gamma = 2.0 - angle
@@ -152,11 +152,17 @@ def box_similarity(
         omega_h = (ph - th).abs() / (torch.maximum(ph, th) + eps)
         shape = (1 - torch.exp(-omega_w)) ** siou_theta + (1 - torch.exp(-omega_h)) ** siou_theta
         return iou - 0.5 * (distance + shape), iou
-    diou = iou - rho2 / (cw * cw + ch * ch + eps)
+    cwh2 = cwh * cwh
+    cw2, ch2 = cwh2.unbind(-1)
+    c2 = cw2 + ch2
+    if kind == "wiou":
+        return 1.0 - torch.exp(rho2 / (c2 + eps).detach()) * (1.0 - iou), iou
+    diou = iou - rho2 / (c2 + eps)
     if kind == "diou":
         return diou, iou
     if kind == "eiou":
-        return diou - (pw - tw) ** 2 / (cw * cw + eps) - (ph - th) ** 2 / (ch * ch + eps), iou
+        side = (pwh - twh) ** 2 / (cwh * cwh + eps)
+        return diou - side[..., 0] - side[..., 1], iou
     # ciou (the kind was checked on entry)
     v = FOUR_OVER_PI2 * (aspect_angle(tw, th, eps) - aspect_angle(pw, ph, eps)) ** 2
     with torch.no_grad():
@@ -167,6 +173,9 @@ def box_similarity(
         scale = (pw * pw + ph * ph).detach()
         v = v.detach() + scale * (v - v.detach())
     return diou - alpha * v, iou
+
+
+_COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
 def _compute_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
@@ -191,8 +200,11 @@ def prepare_pair(
     check_range(where, "eps", eps, 0.0, 1.0, low_open=True)
     if broadcast:
         check_broadcasts_with(where, names[0], pred, names[1], target)
-    dtype = _compute_dtype(pred, target)
-    return to_xyxy(pred.to(dtype), box_format), to_xyxy(target.to(dtype), box_format)
+    dtype = pred.dtype
+    if dtype != target.dtype or dtype not in _COMPUTE_DTYPES:  # else nothing to promote or cast
+        dtype = _compute_dtype(pred, target)
+        pred, target = pred.to(dtype), target.to(dtype)
+    return to_xyxy(pred, box_format), to_xyxy(target, box_format)
 
 
 def aligned_iou(

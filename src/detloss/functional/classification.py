@@ -174,9 +174,12 @@ def _safe_pow(base: torch.Tensor, exponent: float) -> torch.Tensor:
     return finite_pow(base, exponent, torch.finfo(base.dtype).tiny)
 
 
-def _one_minus_pt(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``1 - p_t = t (1 - p) + (1 - t) p``, each term from a sigmoid (no cancellation)."""
-    return target * torch.sigmoid(-logits) + (1 - target) * torch.sigmoid(logits)
+def _one_minus_pt(logits: torch.Tensor, target: torch.Tensor, negative: torch.Tensor | None) -> torch.Tensor:
+    """``1 - p_t = t (1 - p) + (1 - t) p``, each term from a sigmoid (no cancellation);
+    ``negative``: ``1 - t`` or ``None`` (:func:`_complement`)."""
+    positive = target * torch.sigmoid(-logits)
+    negative = 1 - target if negative is None else negative
+    return positive.add_(negative * torch.sigmoid(logits))
 
 
 def _bce_elementwise(
@@ -186,10 +189,29 @@ def _bce_elementwise(
     fast = None if pos_weight is not None else _backend.binary_loss(logits, target, "bce")
     if fast is not None:  # None: the backend is "reference" or does not cover this call
         return fast
+    return _bce(logits, target, None, pos_weight)
+
+
+def _complement(target: torch.Tensor) -> torch.Tensor | None:
+    """``1 - target`` once for all the terms of a loss, or ``None`` (each term makes its own)
+    where ``target`` needs a gradient: there one shared node would change the order in which
+    autograd sums the target's gradient, and so its rounding."""
+    return None if target.requires_grad else 1 - target
+
+
+def _bce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    negative: torch.Tensor | None,
+    pos_weight: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """The BCE of ``_bce_elementwise``, ``negative`` being ``1 - target`` (from
+    :func:`_complement`); the sum and the sign in place, on a product autograd does not keep."""
     positive = target * tnf.logsigmoid(logits)
     if pos_weight is not None:
         positive = positive * pos_weight
-    return -(positive + (1 - target) * tnf.logsigmoid(-logits))
+    negative = 1 - target if negative is None else negative
+    return (negative * tnf.logsigmoid(-logits)).add_(positive).neg_()
 
 
 def _sigmoid_focal_elementwise(
@@ -199,11 +221,13 @@ def _sigmoid_focal_elementwise(
     fast = _backend.binary_loss(logits, target, "focal", alpha=alpha, gamma=gamma)
     if fast is not None:
         return fast
-    loss = _bce_elementwise(logits, target, None)
+    negative = _complement(target)
+    loss = _bce(logits, target, negative)
     if gamma != 0:
-        loss = loss * _safe_pow(_one_minus_pt(logits, target), gamma)
+        loss = loss * _safe_pow(_one_minus_pt(logits, target, negative), gamma)
     if alpha is not None:
-        loss = loss * (alpha * target + (1 - alpha) * (1 - target))
+        balance = (alpha * target).add_((1 - alpha) * (1 - target if negative is None else negative))
+        loss = loss.mul_(balance)  # in place: a product's backward keeps its inputs, not its result
     return loss
 
 
@@ -212,9 +236,12 @@ def _quality_focal_elementwise(logits: torch.Tensor, target: torch.Tensor, beta:
     fast = _backend.binary_loss(logits, target, "quality", gamma=beta)
     if fast is not None:
         return fast
-    loss = _bce_elementwise(logits, target, None)
+    negative = _complement(target)
+    loss = _bce(logits, target, negative)
     if beta != 0:
-        distance = (target * torch.sigmoid(-logits) - (1 - target) * torch.sigmoid(logits)).abs()
+        distance = target * torch.sigmoid(-logits)
+        negative = 1 - target if negative is None else negative
+        distance = distance.sub_(negative * torch.sigmoid(logits)).abs()
         loss = loss * _safe_pow(distance, beta)
     return loss
 
@@ -224,7 +251,7 @@ def _varifocal_elementwise(logits: torch.Tensor, target: torch.Tensor, alpha: fl
     fast = _backend.binary_loss(logits, target, "varifocal", alpha=alpha, gamma=gamma)
     if fast is not None:
         return fast
-    loss = _bce_elementwise(logits, target, None)
+    loss = _bce(logits, target, None)
     negative = alpha * _safe_pow(torch.sigmoid(logits), gamma)
     return loss * torch.where(target > 0, target, negative)
 

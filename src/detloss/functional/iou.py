@@ -22,6 +22,8 @@ from detloss.reduction import reduce_loss
 
 #: ``iou_loss``'s forms: ``1 - IoU`` or ``-ln IoU``.
 IoULossMode = Literal["linear", "log"]
+_IOU_MODES: tuple[str, ...] = get_args(IoULossMode)
+_ASPECT_GRADS: tuple[str, ...] = get_args(AspectGrad)
 
 __all__ = [
     "alpha_iou_loss",
@@ -127,7 +129,7 @@ def iou_loss(
         tensor(1.0986)
     """
 
-    check_choice("iou_loss", "mode", mode, get_args(IoULossMode))
+    check_choice("iou_loss", "mode", mode, _IOU_MODES)
     loss, iou = box_loss("iou_loss", "iou", pred, target, box_format, eps)
     if mode == "log":
         loss = -torch.log(iou.clamp(min=eps))
@@ -283,7 +285,7 @@ def ciou_loss(
         tensor(0.5532)
     """
 
-    check_choice("ciou_loss", "grad_mode", grad_mode, get_args(AspectGrad))
+    check_choice("ciou_loss", "grad_mode", grad_mode, _ASPECT_GRADS)
     check_flag("ciou_loss", "alpha_gate", alpha_gate)
     loss, _ = box_loss("ciou_loss", "ciou", pred, target, box_format, eps, alpha_gate=alpha_gate, aspect_grad=grad_mode)
     return reduce_box_loss(loss, reduction, weight=weight, avg_factor=avg_factor, where="ciou_loss")
