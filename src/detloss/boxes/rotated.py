@@ -628,6 +628,23 @@ def prepare_rotated_pair(
     broadcast: bool = True,
 ) -> tuple[Frames, Frames]:
     """Check two rotated box tensors and return their frames, float32 or wider, one dtype."""
+    dtype = check_rotated_pair(where, pred, target, box_format, angle_unit, eps, names=names, broadcast=broadcast)
+    frames = (rotated_frames(t.to(dtype), box_format, angle_unit) for t in (pred, target))
+    return next(frames), next(frames)
+
+
+def check_rotated_pair(
+    where: str,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    box_format: str,
+    angle_unit: str,
+    eps: float,
+    *,
+    names: tuple[str, str] = ("pred", "target"),
+    broadcast: bool = True,
+) -> torch.dtype:
+    """The checks of :func:`prepare_rotated_pair`; the dtype both are computed in."""
     check_choice(where, "box_format", box_format, ROTATED_FORMATS)
     check_choice(where, "angle_unit", angle_unit, ANGLE_UNITS)
     check_rotated_boxes(where, names[0], pred, box_format)
@@ -641,9 +658,7 @@ def prepare_rotated_pair(
             raise DetLossError.bad_argument(
                 where, names[1], f"a shape that broadcasts with `{names[0]}` {tuple(pred.shape)}", tuple(target.shape)
             ) from None
-    dtype = torch.promote_types(upcast(pred).dtype, upcast(target).dtype)
-    frames = (rotated_frames(t.to(dtype), box_format, angle_unit) for t in (pred, target))
-    return next(frames), next(frames)
+    return torch.promote_types(upcast(pred).dtype, upcast(target).dtype)
 
 
 def rotated_iou(
@@ -901,7 +916,7 @@ def _log_volume_ratio(g: _GaussianPair) -> torch.Tensor:
 
 def _scaled_norm(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """``sqrt(sum p^2)`` without squaring tiny or huge numbers: scaled by the largest ``|p|``."""
-    stacked = torch.stack(parts, dim=-1)
+    stacked = torch.stack(torch.broadcast_tensors(*parts), dim=-1)
     scale = stacked.detach().abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(stacked.dtype).tiny)
     return scale.squeeze(-1) * torch.sqrt(((stacked / scale) ** 2).sum(dim=-1))
 
@@ -943,7 +958,7 @@ def _kl_target_pred(g: _GaussianPair) -> torch.Tensor:
 def _power_of_two_scale(*sides: torch.Tensor) -> torch.Tensor:
     """``2^e``, ``e`` the binary exponent of the largest side (detached): dividing the sides by
     it is exact, so a term homogeneous in the sides keeps every bit where nothing overflowed."""
-    largest = torch.stack(sides, dim=-1).detach().amax(dim=-1)
+    largest = torch.stack(torch.broadcast_tensors(*sides), dim=-1).detach().amax(dim=-1)
     _, exponent = torch.frexp(largest)
     return torch.ldexp(torch.ones_like(largest), exponent)
 

@@ -10,16 +10,19 @@ float32, under ``torch.autocast`` too (no operation here is one that autocast lo
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 
+from detloss import _backend
 from detloss._checks import check_choice, check_range
 from detloss._typing import AngleUnit, AvgFactor, Reduction, RotatedBoxFormat, RotatedIoUKind
 from detloss.boxes.rotated import (
     ROTATED_IOU_KINDS,
     Frames,
     centre_offset,
+    check_rotated_pair,
     gaussian_core,
     kfiou_core,
     prepare_rotated_pair,
@@ -181,11 +184,42 @@ def _gaussian_elementwise(
     angle_unit: str,
     eps: float,
 ) -> torch.Tensor:
-    """The elementwise loss ``gaussian_transform(gaussian_distance(pred, target, kind), fun)``, on
-    every backend by the reference composition (the native operator
-    ``torch.ops.detloss.rotated_gaussian_loss`` computes the same, but slower on CPU)."""
+    """The elementwise loss ``gaussian_transform(gaussian_distance(pred, target, kind), fun)``: on
+    CPU with the native backend by the operator ``torch.ops.detloss.rotated_gaussian_loss``
+    (``cxcywha`` boxes), else by the reference composition."""
+    fast = _native_gaussian(where, pred, target, kind, fun, tau, box_format, angle_unit, eps)
+    if fast is not None:
+        return fast
     p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
     return gaussian_transform(gaussian_core(p, t, kind, eps), fun, tau, eps)
+
+
+def _native_gaussian(
+    where: str,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    kind: str,
+    fun: str,
+    tau: float,
+    box_format: str,
+    angle_unit: str,
+    eps: float,
+) -> torch.Tensor | None:
+    """The elementwise loss by ``torch.ops.detloss.rotated_gaussian_loss`` (``kind`` one of
+    :data:`detloss.boxes.rotated.GAUSSIAN_KINDS` or ``"kfiou"``, whose ``fun`` is its mode and
+    ``tau`` its ``beta``) where the native backend runs ``cxcywha`` boxes on CPU; else ``None``
+    (after the checks, which run either way)."""
+    dtype = check_rotated_pair(where, pred, target, box_format, angle_unit, eps)
+    if box_format != "cxcywha" or _backend.resolve(pred.device) != "native":
+        return None
+    flat = _backend._flat_pair(pred.to(dtype), target.to(dtype), 5)
+    if flat is None:
+        return None
+    p, t, shape = flat
+    if angle_unit == "deg":
+        p, t = (torch.cat((b[:, :4], b[:, 4:] * (math.pi / 180.0)), dim=1) for b in (p, t))
+    loss = torch.ops.detloss.rotated_gaussian_loss(p, t, kind, fun, float(tau), float(eps))
+    return loss if len(shape) == 2 else loss.reshape(shape[:-1])
 
 
 def kld_loss(
@@ -381,6 +415,9 @@ def kfiou_loss(
     where = "kfiou_loss"
     check_choice(where, "mode", mode, KFIOU_MODES)
     check_range(where, "beta", beta, 0.0)
+    fast = _native_gaussian(where, pred, target, "kfiou", mode, beta, box_format, angle_unit, eps)
+    if fast is not None:
+        return reduce_loss(fast, reduction, weight=weight, avg_factor=avg_factor, where=where)
     p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
     offset = _centre_offset(p, t, eps)
     centre = smooth_l1_loss(offset, torch.zeros_like(offset), beta=beta, reduction="none").sum(-1)
