@@ -1,7 +1,7 @@
 """The rotated Gaussian losses as an operator (torch.ops.detloss.rotated_gaussian_loss): opcheck
 as in test_ops.py, the native kernel's values and gradients against the losses' reference path
-(float32 and float64), float64 gradcheck and the degenerate pairs. The losses do not call it
-(on CPU it is slower than the reference composition: see detloss bench)."""
+(float32 and float64), float64 gradcheck and the degenerate pairs. The losses call it on CPU
+when the native backend is active (tests/_fused/test_rotated_native.py)."""
 
 from __future__ import annotations
 
@@ -111,10 +111,11 @@ def test_native_equals_the_reference(dtype: torch.dtype, case: int) -> None:
     p, t = pred.clone().requires_grad_(True), target.clone().requires_grad_(True)
     native = _grads(OPS.rotated_gaussian_loss(p, t, kind, fun, tau, 1e-7), p, t)
     p, t = pred.clone().requires_grad_(True), target.clone().requires_grad_(True)
-    reference = _grads(fn(p, t, reduction="none", **options), p, t)
+    with detloss.use_backend("reference"):
+        reference = _grads(fn(p, t, reduction="none", **options), p, t)
     assert native[0].dtype == dtype
-    # the kernel computes in double: float32 agrees to float32 rounding of the reference's steps;
-    # the square roots of near-identical pairs turn a rounding u of the distance into sqrt(u)
+    # float32 agrees to float32 rounding of the reference's steps; the square roots of
+    # near-identical pairs turn a rounding u of the distance into sqrt(u)
     rtol, atol = (1e-4, 4e-4) if dtype == torch.float32 else (1e-9, 2e-8)
     for ours, theirs in zip(native, reference):
         assert bool(torch.isfinite(ours).all())
@@ -145,6 +146,7 @@ def test_a_double_backward_through_the_operator_says_it_is_not_implemented() -> 
     (grad,) = torch.autograd.grad(loss, p, create_graph=True)
     with pytest.raises(RuntimeError, match="rotated_gaussian_loss_backward is not implemented"):
         grad.sum().backward()
-    (grad,) = torch.autograd.grad(F.gwd_loss(p, target), p, create_graph=True)  # the losses' own path has them
+    with detloss.use_backend("reference"):  # the reference path has them
+        (grad,) = torch.autograd.grad(F.gwd_loss(p, target), p, create_graph=True)
     grad.sum().backward()
     assert bool(torch.isfinite(p.grad).all())

@@ -20,7 +20,9 @@ gives the elementwise ``bce``, ``focal``, ``quality`` or ``varifocal`` loss of l
 elementwise loss of the Gaussian distance ``kind`` (``bhattacharyya``, ``kld``, ``gwd``) of
 :func:`detloss.boxes.gaussian_distance`, transformed by ``fun``: ``hellinger``
 (``sqrt(1 - e^-d)``, ProbIoU's ``"l1"``), ``none`` (``d``), ``log1p`` or ``sqrt``
-(``1 - 1 / (tau + f(d))``, KLD's and GWD's), with sides ``w + eps``.
+(``1 - 1 / (tau + f(d))``, KLD's and GWD's), with sides ``w + eps``; ``kind`` ``kfiou`` gives
+:func:`detloss.functional.kfiou_loss` elementwise, ``fun`` its mode (``ln``, ``linear``,
+``exp``) and ``tau`` its ``beta``.
 
 Example:
     >>> import torch, detloss
@@ -34,7 +36,8 @@ Each has these implementations, one definition each:
   :mod:`detloss._fused.native` has loaded the library; a call on CPU tensors then runs no Python
   between the dispatcher and the loop. ``rotated_gaussian_loss`` has its C++ kernels in
   ``rotated.cpp``, its autograd by the Python rule below, and no other kernels: it exists only
-  where the library is loaded (the rotated losses' other paths are the reference's own);
+  where the library is loaded (the rotated losses call it on CPU with the native backend; their
+  other paths are the reference's own);
 - every other device, and CPU where the library is not built: the pure-torch kernels of
   :mod:`detloss._fused.torch_impl` (``CompositeExplicitAutograd``), whose autograd is
   :func:`setup_context` / :func:`backward` below;

@@ -671,6 +671,20 @@ def _native_ready(*boxes: torch.Tensor, box_format: str) -> bool:
     return _backend.resolve(boxes[0].device) == "native"
 
 
+def native_rotated_pair(
+    pred: torch.Tensor, target: torch.Tensor, dtype: torch.dtype, box_format: str, angle_unit: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Size] | None:
+    """Checked boxes as the native operators take them: ``(pred, target, shape)``, both
+    ``(N, 5)`` contiguous ``cxcywha`` in radians of ``dtype``, ``shape`` the shape they broadcast
+    to; ``None`` where the native operators do not run them (another format or device, or
+    another backend)."""
+    if not _native_ready(pred, target, box_format=box_format):
+        return None
+    from detloss import _backend
+
+    return _backend._flat_pair(_radians(pred, dtype, angle_unit), _radians(target, dtype, angle_unit), 5)
+
+
 def _radians(boxes: torch.Tensor, dtype: torch.dtype, angle_unit: str) -> torch.Tensor:
     boxes = boxes.to(dtype)
     if angle_unit == "rad":
@@ -692,13 +706,10 @@ def rotated_similarity(
     under the native backend: forward and backward in C++, in double), else the reference."""
     check_choice(where, "kind", kind, ROTATED_IOU_KINDS)
     dtype = check_rotated_pair(where, pred, target, box_format, angle_unit, eps)
-    if _native_ready(pred, target, box_format=box_format):
-        p, t = _radians(pred, dtype, angle_unit), _radians(target, dtype, angle_unit)
-        shape = torch.broadcast_shapes(p.shape, t.shape)
-        if p.shape != shape or t.shape != shape:
-            p, t = p.expand(shape), t.expand(shape)
-        flat_p, flat_t = p.reshape(-1, 5).contiguous(), t.reshape(-1, 5).contiguous()
-        similarity, iou = torch.ops.detloss.rotated_box_iou(flat_p, flat_t, kind, float(eps))
+    native = native_rotated_pair(pred, target, dtype, box_format, angle_unit)
+    if native is not None:
+        p, t, shape = native
+        similarity, iou = torch.ops.detloss.rotated_box_iou(p, t, kind, float(eps))
         return similarity.reshape(shape[:-1]), iou.reshape(shape[:-1])
     frames = (rotated_frames(b.to(dtype), box_format, angle_unit) for b in (pred, target))
     return rotated_box_similarity(next(frames), next(frames), kind, eps)
@@ -973,7 +984,7 @@ def _log_volume_ratio(g: _GaussianPair) -> torch.Tensor:
 
 def _scaled_norm(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """``sqrt(sum p^2)`` without squaring tiny or huge numbers: scaled by the largest ``|p|``."""
-    stacked = torch.stack(parts, dim=-1)
+    stacked = torch.stack(torch.broadcast_tensors(*parts), dim=-1)
     scale = stacked.detach().abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(stacked.dtype).tiny)
     return scale.squeeze(-1) * torch.sqrt(((stacked / scale) ** 2).sum(dim=-1))
 
@@ -1015,7 +1026,7 @@ def _kl_target_pred(g: _GaussianPair) -> torch.Tensor:
 def _power_of_two_scale(*sides: torch.Tensor) -> torch.Tensor:
     """``2^e``, ``e`` the binary exponent of the largest side (detached): dividing the sides by
     it is exact, so a term homogeneous in the sides keeps every bit where nothing overflowed."""
-    largest = torch.stack(sides, dim=-1).detach().amax(dim=-1)
+    largest = torch.stack(torch.broadcast_tensors(*sides), dim=-1).detach().amax(dim=-1)
     _, exponent = torch.frexp(largest)
     return torch.ldexp(torch.ones_like(largest), exponent)
 

@@ -20,8 +20,10 @@ from detloss.boxes.rotated import (
     ROTATED_IOU_KINDS,
     Frames,
     centre_offset,
+    check_rotated_pair,
     gaussian_core,
     kfiou_core,
+    native_rotated_pair,
     prepare_rotated_pair,
     rotated_similarity,
 )
@@ -180,11 +182,37 @@ def _gaussian_elementwise(
     angle_unit: str,
     eps: float,
 ) -> torch.Tensor:
-    """The elementwise loss ``gaussian_transform(gaussian_distance(pred, target, kind), fun)``, on
-    every backend by the reference composition (the native operator
-    ``torch.ops.detloss.rotated_gaussian_loss`` computes the same, but slower on CPU)."""
+    """The elementwise loss ``gaussian_transform(gaussian_distance(pred, target, kind), fun)``: on
+    CPU with the native backend by the operator ``torch.ops.detloss.rotated_gaussian_loss``
+    (``cxcywha`` boxes), else by the reference composition."""
+    fast = _native_gaussian(where, pred, target, kind, fun, tau, box_format, angle_unit, eps)
+    if fast is not None:
+        return fast
     p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
     return gaussian_transform(gaussian_core(p, t, kind, eps), fun, tau, eps)
+
+
+def _native_gaussian(
+    where: str,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    kind: str,
+    fun: str,
+    tau: float,
+    box_format: str,
+    angle_unit: str,
+    eps: float,
+) -> torch.Tensor | None:
+    """The elementwise loss by ``torch.ops.detloss.rotated_gaussian_loss`` (``kind`` one of
+    :data:`detloss.boxes.rotated.GAUSSIAN_KINDS` or ``"kfiou"``, whose ``fun`` is its mode and
+    ``tau`` its ``beta``) where the native backend runs ``cxcywha`` boxes on CPU; else ``None``
+    (after the checks, which run either way)."""
+    dtype = check_rotated_pair(where, pred, target, box_format, angle_unit, eps)
+    native = native_rotated_pair(pred, target, dtype, box_format, angle_unit)
+    if native is None:
+        return None
+    p, t, shape = native
+    return torch.ops.detloss.rotated_gaussian_loss(p, t, kind, fun, float(tau), float(eps)).reshape(shape[:-1])
 
 
 def kld_loss(
@@ -380,6 +408,9 @@ def kfiou_loss(
     where = "kfiou_loss"
     check_choice(where, "mode", mode, KFIOU_MODES)
     check_range(where, "beta", beta, 0.0)
+    fast = _native_gaussian(where, pred, target, "kfiou", mode, beta, box_format, angle_unit, eps)
+    if fast is not None:
+        return reduce_loss(fast, reduction, weight=weight, avg_factor=avg_factor, where=where)
     p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
     offset = _centre_offset(p, t, eps)
     centre = smooth_l1_loss(offset, torch.zeros_like(offset), beta=beta, reduction="none").sum(-1)
