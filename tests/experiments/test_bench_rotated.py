@@ -17,14 +17,14 @@ from detloss.experiments.bench import (
 )
 
 
-def test_rotated_losses_are_benched_on_the_reference_path() -> None:
+def test_rotated_losses_are_benched_on_the_reference_and_native_paths() -> None:
     assert set(ROTATED_LOSSES) <= set(BENCH_LOSSES)
     rows = run_bench(["probiou", "rotated_iou"], [64], repeat=1)  # every backend available here
     has_native = "native" in available_backends(torch.device("cpu"))
     peer = ["ultralytics"] if importlib.util.find_spec("ultralytics") is not None else []
     for loss in ("probiou", "rotated_iou"):
         group = [r for r in rows if r["loss"] == loss]
-        native = ["native"] if loss == "probiou" and has_native else []  # no native rotated IoU, no fused path
+        native = ["native"] if has_native else []  # no fused path for rotated boxes
         expected = ["floor", "call-floor", "reference", *native, *(peer if loss == "probiou" else [])]
         assert [r["impl"] for r in group] == expected
         assert all(r["n"] == 64 and r["fwd_bwd_ms"] > 0 and r["ratio_vs_floor"] > 0 for r in group)

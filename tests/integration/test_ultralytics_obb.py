@@ -32,7 +32,6 @@ from ultralytics.nn.tasks import DetectionModel, OBBModel
 from ultralytics.utils.loss import BboxLoss, RotatedBboxLoss
 from ultralytics.utils.metrics import probiou
 
-import detloss.functional.rotated
 from detloss import DetLossError
 from detloss import functional as F
 from detloss.integrations import ultralytics as dlu
@@ -241,15 +240,15 @@ def _write_obb_dataset(folder: Path) -> Path:
 
 def test_tiny_obb_training_with_probiou_is_finite(tmp_path: Path) -> None:
     calls: Counter[str] = Counter()
-    original = detloss.functional.rotated.gaussian_core
+    original = dlu.RotatedBoxTerm.forward
 
-    def counted(pred: Any, target: Any, kind: str, eps: float) -> torch.Tensor:
-        calls[kind] += 1
-        return original(pred, target, kind, eps)
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls[type(self.loss).__name__] += 1
+        return original(self, *args, **kwargs)
 
     model = YOLO("yolo11n-obb.yaml")
     with pytest.MonkeyPatch.context() as mp, dlu.patch("probiou"):
-        mp.setattr(detloss.functional.rotated, "gaussian_core", counted)
+        mp.setattr(dlu.RotatedBoxTerm, "forward", counted)
         # ultralytics looks for its plotting font whenever it reads a dataset and downloads it if
         # missing; with plots=False nothing draws with it
         mp.setattr(ultralytics.data.utils, "check_font", lambda *args, **kwargs: None)
@@ -260,7 +259,7 @@ def test_tiny_obb_training_with_probiou_is_finite(tmp_path: Path) -> None:
     assert all(math.isfinite(v) for v in losses.values()) and losses["train/box_loss"] > 0, losses
     assert all(math.isfinite(float(v)) for k, v in metrics.items() if "loss" in k), metrics
     train_batches = TRAIN_IMAGES // BATCH
-    assert calls["bhattacharyya"] >= train_batches  # detloss's ProbIoU computed the box term (and in val)
+    assert calls["ProbIoULoss"] >= train_batches and set(calls) == {"ProbIoULoss"}, calls  # (and in val)
 
 
 def test_bench_times_ultralytics_probiou_as_the_peer_of_probiou() -> None:

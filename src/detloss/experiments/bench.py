@@ -75,7 +75,6 @@ __all__ = [
     "PAIRWISE_LOSSES",
     "PAIRWISE_SIZES",
     "ROTATED_LOSSES",
-    "ROTATED_NATIVE",
     "ROTATED_SIZES",
     "SMALL_LOGITS",
     "SMALL_PAIRS",
@@ -161,27 +160,14 @@ def prepare_backends(names: Iterable[str], device: torch.device) -> None:
 
 
 def _ours(loss: str, backend: str = "reference") -> Fn:
-    if backend == "native" and loss in ROTATED_NATIVE:
-        kind, fun, tau = ROTATED_NATIVE[loss]
-        op = torch.ops.detloss.rotated_gaussian_loss
-        return lambda a, b: op(a, b, kind, fun, tau, 1e-7).mean()
     fn = getattr(F, f"{loss}_loss")
     return lambda a, b: fn(a, b)
 
 
-#: The rotated losses with a native operator, ``torch.ops.detloss.rotated_gaussian_loss``:
-#: its ``kind``, ``fun`` and ``tau`` for the loss's defaults.
-ROTATED_NATIVE: dict[str, tuple[str, str, float]] = {
-    "probiou": ("bhattacharyya", "hellinger", 0.0),
-    "kld": ("kld", "log1p", 1.0),
-    "gwd": ("gwd", "sqrt", 2.0),
-}
-
-
 def rotated_backends(loss: str, names: Iterable[str]) -> list[str]:
-    """The backends of ``names`` that have their own path for rotated ``loss``: the reference,
-    and native for :data:`ROTATED_NATIVE`."""
-    return [n for n in names if n == "reference" or (n == "native" and loss in ROTATED_NATIVE)]
+    """The backends of ``names`` that have their own path for rotated ``loss``: the reference
+    and native (the operators' C++ kernels on CPU; no pure-torch ``fused`` kernels)."""
+    return [n for n in names if n in ("reference", "native")]
 
 
 def _installed(name: str) -> bool:
@@ -522,8 +508,8 @@ def run_bench(
     ``saved_bytes``, ``peak_bytes``, ``ratio_vs_fastest_peer``, ``ratio_vs_floor`` and a few more.
 
     ``sizes`` applies to every loss; ``None``: :data:`IOU_SIZES` box pairs for the IoU family,
-    :data:`ROTATED_SIZES` pairs for the rotated losses (on the reference backend, and native
-    for :data:`ROTATED_NATIVE`), :data:`BINARY_SIZES` logits for the binary family, :data:`STEP_SIZES` anchors for
+    :data:`ROTATED_SIZES` pairs for the rotated losses (on the reference and native backends),
+    :data:`BINARY_SIZES` logits for the binary family, :data:`STEP_SIZES` anchors for
     ``compiled-step`` (whose ``torch.compile`` backend is ``compile_backend``).
     """
     dev = torch.device(device)
