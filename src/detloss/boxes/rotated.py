@@ -710,6 +710,8 @@ def rotated_similarity(
     if native is not None:
         p, t, shape = native
         similarity, iou = torch.ops.detloss.rotated_box_iou(p, t, kind, float(eps))
+        if len(shape) == 2:
+            return similarity, iou
         return similarity.reshape(shape[:-1]), iou.reshape(shape[:-1])
     frames = (rotated_frames(b.to(dtype), box_format, angle_unit) for b in (pred, target))
     return rotated_box_similarity(next(frames), next(frames), kind, eps)

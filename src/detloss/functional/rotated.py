@@ -212,7 +212,8 @@ def _native_gaussian(
     if native is None:
         return None
     p, t, shape = native
-    return torch.ops.detloss.rotated_gaussian_loss(p, t, kind, fun, float(tau), float(eps)).reshape(shape[:-1])
+    loss = torch.ops.detloss.rotated_gaussian_loss(p, t, kind, fun, float(tau), float(eps))
+    return loss if len(shape) == 2 else loss.reshape(shape[:-1])
 
 
 def kld_loss(
