@@ -571,17 +571,18 @@ def convert_dataset(
 @app.command()
 def bench(
     losses: Annotated[
-        str, typer.Option(help="Comma-separated losses (IoU family, binary family, rotated) and compiled-step.")
+        str,
+        typer.Option(help="Comma-separated losses (IoU family, binary family, rotated, pairwise-*) and compiled-step."),
     ] = (
         "iou,giou,diou,ciou,eiou,siou,sigmoid_focal,quality_focal,varifocal,binary_cross_entropy,"
-        "probiou,kld,gwd,kfiou,rotated_iou,compiled-step"
+        "probiou,kld,gwd,kfiou,rotated_iou,pairwise-iou,pairwise-giou,pairwise-ciou,compiled-step"
     ),
     sizes: Annotated[
         str,
         typer.Option(
             help="Comma-separated sizes: box pairs, or logits (as n/80 x 80). "
-            "Default: 1e4,1e5,1e6 pairs; 8e4,8e5,8e6 logits (up to 100,000 anchors x 80 classes); "
-            "1e5,1e6 rotated pairs."
+            "Default: 1e3,1e4,1e5,1e6 pairs; 8e4,8e5,8e6 logits (up to 100,000 anchors x 80 classes); "
+            "1e5,1e6 rotated pairs; all pairs of 2,000 x 20,000 boxes (pairwise-*)."
         ),
     ] = "",
     backends: Annotated[str, typer.Option(help="Comma-separated backends (default: those available here).")] = "",

@@ -54,3 +54,13 @@ def test_fast_path_tables_divide_within_the_run() -> None:
     assert [c.strip() for c in line.strip("|").split("|")] == [
         "ciou", "1,000", "2 ms", "4.00x", "2.00x / 3.00x", "5 ms", "ultralytics 10 ms", "5.00x", "2.00x"
     ]  # fmt: skip
+
+
+def test_the_default_bench_run_times_every_loss_of_the_bench() -> None:
+    """``detloss bench`` without ``--losses`` covers :data:`BENCH_LOSSES`: the pairwise rows too."""
+    import inspect
+
+    from detloss import cli
+
+    default = inspect.signature(cli.bench).parameters["losses"].default
+    assert sorted(default.split(",")) == sorted(bench.BENCH_LOSSES)
