@@ -192,7 +192,6 @@ template <typename T> DETLOSS_INLINE T gt(T a, T b) { return a > b ? T(1) : (a =
 template <typename T> DETLOSS_INLINE T sgn(T v) { return v > T(0) ? T(1) : (v < T(0) ? T(-1) : T(0)); }
 template <typename T> DETLOSS_INLINE T mn(T a, T b) { return a < b ? a : b; }
 template <typename T> DETLOSS_INLINE T mx(T a, T b) { return a > b ? a : b; }
-template <typename T> DETLOSS_INLINE T powi(T b, T e) { return e == T(2) ? b * b : (e == T(1) ? b : std::pow(b, e)); }
 
 template <int K> using Int = std::integral_constant<int, K>;
 

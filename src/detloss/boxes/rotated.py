@@ -630,8 +630,15 @@ def prepare_rotated_pair(
 ) -> tuple[Frames, Frames]:
     """Check two rotated box tensors and return their frames, float32 or wider, one dtype."""
     dtype = check_rotated_pair(where, pred, target, box_format, angle_unit, eps, names=names, broadcast=broadcast)
-    frames = (rotated_frames(t.to(dtype), box_format, angle_unit) for t in (pred, target))
-    return next(frames), next(frames)
+    return pair_frames(pred, target, dtype, box_format, angle_unit)
+
+
+def pair_frames(
+    pred: torch.Tensor, target: torch.Tensor, dtype: torch.dtype, box_format: str, angle_unit: str
+) -> tuple[Frames, Frames]:
+    """The frames of two checked box tensors (:func:`check_rotated_pair`) in ``dtype``."""
+    p, t = (rotated_frames(b.to(dtype), box_format, angle_unit) for b in (pred, target))
+    return p, t
 
 
 def check_rotated_pair(
@@ -713,8 +720,7 @@ def rotated_similarity(
         if len(shape) == 2:
             return similarity, iou
         return similarity.reshape(shape[:-1]), iou.reshape(shape[:-1])
-    frames = (rotated_frames(b.to(dtype), box_format, angle_unit) for b in (pred, target))
-    return rotated_box_similarity(next(frames), next(frames), kind, eps)
+    return rotated_box_similarity(*pair_frames(pred, target, dtype, box_format, angle_unit), kind, eps)
 
 
 def rotated_iou(

@@ -24,7 +24,7 @@ from detloss.boxes.rotated import (
     gaussian_core,
     kfiou_core,
     native_rotated_pair,
-    prepare_rotated_pair,
+    pair_frames,
     rotated_similarity,
 )
 from detloss.functional._math import finite_pow
@@ -185,17 +185,18 @@ def _gaussian_elementwise(
     """The elementwise loss ``gaussian_transform(gaussian_distance(pred, target, kind), fun)``: on
     CPU with the native backend by the operator ``torch.ops.detloss.rotated_gaussian_loss``
     (``cxcywha`` boxes), else by the reference composition."""
-    fast = _native_gaussian(where, pred, target, kind, fun, tau, box_format, angle_unit, eps)
+    dtype = check_rotated_pair(where, pred, target, box_format, angle_unit, eps)
+    fast = _native_gaussian(pred, target, dtype, kind, fun, tau, box_format, angle_unit, eps)
     if fast is not None:
         return fast
-    p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
+    p, t = pair_frames(pred, target, dtype, box_format, angle_unit)
     return gaussian_transform(gaussian_core(p, t, kind, eps), fun, tau, eps)
 
 
 def _native_gaussian(
-    where: str,
     pred: torch.Tensor,
     target: torch.Tensor,
+    dtype: torch.dtype,
     kind: str,
     fun: str,
     tau: float,
@@ -205,9 +206,8 @@ def _native_gaussian(
 ) -> torch.Tensor | None:
     """The elementwise loss by ``torch.ops.detloss.rotated_gaussian_loss`` (``kind`` one of
     :data:`detloss.boxes.rotated.GAUSSIAN_KINDS` or ``"kfiou"``, whose ``fun`` is its mode and
-    ``tau`` its ``beta``) where the native backend runs ``cxcywha`` boxes on CPU; else ``None``
-    (after the checks, which run either way)."""
-    dtype = check_rotated_pair(where, pred, target, box_format, angle_unit, eps)
+    ``tau`` its ``beta``) where the native backend runs ``cxcywha`` boxes on CPU; else ``None``.
+    The boxes are checked (:func:`~detloss.boxes.rotated.check_rotated_pair`: ``dtype``)."""
     native = native_rotated_pair(pred, target, dtype, box_format, angle_unit)
     if native is None:
         return None
@@ -409,10 +409,11 @@ def kfiou_loss(
     where = "kfiou_loss"
     check_choice(where, "mode", mode, KFIOU_MODES)
     check_range(where, "beta", beta, 0.0)
-    fast = _native_gaussian(where, pred, target, "kfiou", mode, beta, box_format, angle_unit, eps)
+    dtype = check_rotated_pair(where, pred, target, box_format, angle_unit, eps)
+    fast = _native_gaussian(pred, target, dtype, "kfiou", mode, beta, box_format, angle_unit, eps)
     if fast is not None:
         return reduce_loss(fast, reduction, weight=weight, avg_factor=avg_factor, where=where)
-    p, t = prepare_rotated_pair(where, pred, target, box_format, angle_unit, eps)
+    p, t = pair_frames(pred, target, dtype, box_format, angle_unit)
     offset = _centre_offset(p, t, eps)
     centre = smooth_l1_loss(offset, torch.zeros_like(offset), beta=beta, reduction="none").sum(-1)
     overlap = kfiou_core(p, t, eps)
